@@ -1,0 +1,216 @@
+//! Server lifecycle: prepare the database (embedded or configured), migrate, serve, shut down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Database, LogFormat};
+use crate::db::embedded::{self, Cluster, ClusterOptions};
+use crate::db::{self, migrate, Db, DbError};
+use crate::http::{self, AppState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Embedded(#[from] embedded::EmbeddedError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server task failed: {0}")]
+    Task(String),
+}
+
+/// The database a server process uses, with the embedded cluster kept alive alongside.
+pub struct PreparedDatabase {
+    pub owner_config: tokio_postgres::Config,
+    pub cluster: Option<Cluster>,
+}
+
+/// Brings the database up: starts (and on first run creates) the embedded cluster, or parses
+/// the configured URL. Blocking work runs off the async threads.
+pub async fn prepare_database(config: &Config) -> Result<PreparedDatabase, ServerError> {
+    match &config.database {
+        Database::Url(url) => {
+            tracing::info!(database = %db::redact_url(url), "using configured PostgreSQL");
+            Ok(PreparedDatabase {
+                owner_config: db::parse_url(url)?,
+                cluster: None,
+            })
+        }
+        Database::Embedded => {
+            let root: PathBuf = config.data_dir.join("postgres");
+            let cluster = tokio::task::spawn_blocking(move || {
+                let mut cluster = Cluster::init(&root, &ClusterOptions::default())?;
+                cluster.start()?;
+                Ok::<_, embedded::EmbeddedError>(cluster)
+            })
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))??;
+            tracing::info!(
+                socket_dir = %cluster.socket_dir().display(),
+                "embedded PostgreSQL running (Unix socket only)"
+            );
+            let admin = db::connect_owner(&cluster.pg_config("postgres")).await?;
+            let exists = admin
+                .query_opt(
+                    "SELECT 1 FROM pg_database WHERE datname = $1",
+                    &[&embedded::DATABASE],
+                )
+                .await
+                .map_err(DbError::from)?
+                .is_some();
+            if !exists {
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {}", embedded::DATABASE))
+                    .await
+                    .map_err(DbError::from)?;
+            }
+            Ok(PreparedDatabase {
+                owner_config: cluster.pg_config(embedded::DATABASE),
+                cluster: Some(cluster),
+            })
+        }
+    }
+}
+
+/// Applies pending migrations with the owner connection.
+pub async fn run_migrations(owner: &tokio_postgres::Config) -> Result<Vec<String>, ServerError> {
+    let mut client = db::connect_owner(owner).await?;
+    let applied = migrate::apply(&mut client).await?;
+    if applied.is_empty() {
+        tracing::info!("database schema is current");
+    } else {
+        tracing::info!(count = applied.len(), "applied migrations");
+    }
+    Ok(applied)
+}
+
+/// A server running in this process.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// Base URL such as `http://127.0.0.1:8420`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Asks the server to stop and waits until in-flight requests are done and the embedded
+    /// database (if any) has stopped.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the server stops by itself (signal).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))?
+    }
+}
+
+/// Prepares the database, migrates, binds and starts serving. `stop` ends the server when it
+/// resolves (in addition to [`RunningServer::shutdown`]).
+pub async fn start(
+    config: Config,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<RunningServer, ServerError> {
+    let database = prepare_database(&config).await?;
+    run_migrations(&database.owner_config).await?;
+    let db = Db::new(database.owner_config.clone(), config.db_pool_size)?;
+    // Fail fast if the application role cannot connect (e.g. migrations did not create it).
+    drop(db.client().await?);
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    let (tx, rx) = oneshot::channel::<()>();
+    let app = http::router(AppState::new(db.clone()));
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            tokio::select! {
+                _ = rx => {},
+                _ = stop => {},
+            }
+            tracing::info!("shutting down: finishing in-flight requests");
+        };
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        db.pool().close();
+        if let Some(mut cluster) = database.cluster {
+            tokio::task::spawn_blocking(move || cluster.stop())
+                .await
+                .map_err(|e| ServerError::Task(e.to_string()))??;
+        }
+        served.map_err(ServerError::Io)
+    });
+    Ok(RunningServer {
+        addr,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Installs the global tracing subscriber (stderr; text or JSON lines).
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,233 @@
+//! Server configuration: defaults < config file < environment < command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+pub const DEFAULT_BIND: &str = "127.0.0.1:8420";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot determine a data directory; set --data-dir or KEEPSAKE_DATA_DIR")]
+    NoDataDir,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (structured logs for collectors).
+    Json,
+}
+
+/// Command line of `keepsake-server`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keepsake-server",
+    version,
+    about = "Keepsake central backup server"
+)]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, env = "KEEPSAKE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "KEEPSAKE_BIND", global = true)]
+    pub bind: Option<SocketAddr>,
+    /// Directory for the server's state: the embedded PostgreSQL cluster and local storage.
+    #[arg(long, env = "KEEPSAKE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// PostgreSQL URL with rights to create the schema. Without it the server runs its own
+    /// embedded cluster in the data directory. Queries run as the role `keepsake_app`.
+    #[arg(
+        long,
+        env = "KEEPSAKE_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// Log filter, e.g. `info`, `debug`, `keepsake_server=debug,info`.
+    #[arg(long, env = "KEEPSAKE_LOG", global = true)]
+    pub log_level: Option<String>,
+    /// Log line format.
+    #[arg(long, env = "KEEPSAKE_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Apply migrations and serve the API (the default).
+    Serve,
+    /// Apply pending migrations and exit.
+    Migrate,
+}
+
+/// The config file's keys (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub bind: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub db_pool_size: Option<usize>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Where the database comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A private cluster inside the data directory.
+    Embedded,
+    /// An existing PostgreSQL (owner URL).
+    Url(String),
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Embedded => f.write_str("Embedded"),
+            Database::Url(u) => write!(f, "Url({})", crate::db::redact_url(u)),
+        }
+    }
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database: Database,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub db_pool_size: usize,
+}
+
+impl Config {
+    /// Merges flags/environment (already merged by clap) over the config file over defaults.
+    pub fn resolve(cli: &Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = match cli.data_dir.clone().or(file.data_dir) {
+            Some(d) => d,
+            None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
+        };
+        let database = match cli.database_url.clone().or(file.database_url) {
+            Some(url) if !url.trim().is_empty() => Database::Url(url),
+            _ => Database::Embedded,
+        };
+        Ok(Config {
+            bind: cli
+                .bind
+                .or(file.bind)
+                .unwrap_or_else(|| DEFAULT_BIND.parse().expect("valid default address")),
+            data_dir,
+            database,
+            log_level: cli
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            db_pool_size: file.db_pool_size.unwrap_or(16).max(2),
+        })
+    }
+
+    /// A configuration for tests and embedding: embedded database in `data_dir`, ephemeral port.
+    pub fn for_data_dir(data_dir: PathBuf) -> Config {
+        Config {
+            bind: "127.0.0.1:0".parse().expect("valid address"),
+            data_dir,
+            database: Database::Embedded,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            db_pool_size: 8,
+        }
+    }
+}
+
+/// `/var/lib/keepsake-server` for root (a place the PostgreSQL account can reach), else the
+/// user's data directory.
+pub fn default_data_dir() -> Option<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Some(PathBuf::from("/var/lib/keepsake-server"));
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(x).join("keepsake-server"));
+    }
+    let home = PathBuf::from(std::env::var_os("HOME")?);
+    if cfg!(target_os = "macos") {
+        Some(home.join("Library/Application Support/keepsake-server"))
+    } else {
+        Some(home.join(".local/share/keepsake-server"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "bind = \"127.0.0.1:9000\"\ndata_dir = \"/srv/from-file\"\nlog_level = \"debug\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "keepsake-server",
+            "--config",
+            file.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:9100",
+            "migrate",
+        ])
+        .unwrap();
+        let cfg = Config::resolve(&cli).unwrap();
+        assert_eq!(cfg.bind, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(cfg.data_dir, PathBuf::from("/srv/from-file"));
+        assert_eq!(cfg.log_level, "debug");
+        assert_eq!(cfg.database, Database::Embedded);
+        assert_eq!(cli.command, Some(Command::Migrate));
+    }
+
+    #[test]
+    fn database_url_is_redacted_in_debug_output() {
+        let db = Database::Url("postgresql://owner:s3cret@db.example/keepsake".into());
+        let shown = format!("{db:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("owner:***@db.example"), "{shown}");
+    }
+}

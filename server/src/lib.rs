@@ -1,0 +1,13 @@
+//! `keepsake-server`: the central sync server.
+//!
+//! The binary is a thin wrapper around [`cli::main`], so tests can run the server in-process with
+//! [`app::start`].
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod destinations;
+pub mod http;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

@@ -1,0 +1,1 @@
+//! Shared harness for Keepsake's end-to-end tests.
