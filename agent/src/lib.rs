@@ -1,1 +1,22 @@
-//! The Keepsake agent (`keepsake`): change detection, local catalog, backup pipeline, upload and restore.
+//! The Keepsake agent (`keepsake`): change detection, local catalog, backup pipeline, upload and
+//! restore.
+//!
+//! Modules, each named after what it owns:
+//!
+//! * [`exclude`] — the exclusion matcher (gitignore semantics over layered rule sources, marker
+//!   files, size limit), answering "which rule matched and why".
+//! * [`scan`] — the streaming scanner of one source root.
+//! * [`catalog`] — the local SQLite catalog (schema, migrations, crash-safe writes).
+//! * [`plan`] — scan merged with catalog: what changed since the last committed state.
+//! * [`cli`] — the `keepsake` command line.
+//! * [`relpath`] — paths relative to a source root as raw OS bytes.
+//! * [`units`] — byte sizes for people.
+#![warn(missing_docs)]
+
+pub mod catalog;
+pub mod cli;
+pub mod exclude;
+pub mod plan;
+pub mod relpath;
+pub mod scan;
+pub mod units;

@@ -1,3 +1,13 @@
-fn main() -> anyhow::Result<()> {
-    Ok(())
+//! `keepsake`: the Keepsake agent and command line.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match keepsake_agent::cli::main_with_args(std::env::args_os()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keepsake: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,621 @@
+//! The `keepsake` command line.
+//!
+//! ```text
+//! keepsake [--home DIR] [--log-level LEVEL] scan PATH [--json] [--update-catalog] [--list] ...
+//! keepsake [--home DIR] [--log-level LEVEL] exclude test PATH [--json] [--root DIR] [--dir] ...
+//! ```
+//!
+//! Exit codes: 0 success; 1 failure; 2 usage error; 3 the scan completed but some paths could
+//! not be read (listed in the output).
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::catalog::{Catalog, WriterLock};
+use crate::exclude::{Decision, ExcludeConfig, Matcher, RuleList, DEFAULT_MARKER_FILE};
+use crate::plan::{self, Change, PlanObserver, PlanOptions, PlanReport, PlanTotals, Tally};
+use crate::relpath::RelPath;
+use crate::scan::{EntryKind, ScanOptions};
+use crate::units::{format_bytes, parse_size};
+
+/// Exit code: the scan completed but some paths could not be read.
+pub const EXIT_PARTIAL: u8 = 3;
+
+/// File name of the catalog inside the agent's home.
+pub const CATALOG_FILE: &str = "catalog.db";
+/// Lock file held by a process that updates the catalog.
+pub const LOCK_FILE: &str = "catalog.lock";
+/// Local exclusion rules (gitignore syntax) inside the agent's home.
+pub const LOCAL_EXCLUDE_FILE: &str = "exclude";
+
+/// Keepsake backup agent.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keepsake",
+    version,
+    about = "Keepsake backup agent",
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The agent's configuration and catalog folder [default: the OS's per-user data folder]
+    #[arg(long, global = true, env = "KEEPSAKE_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Log filter for stderr: error, warn, info, debug, trace or a tracing directive
+    /// [default: $RUST_LOG or warn]
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what would be backed up from PATH: counts, sizes, changes since the catalog,
+    /// what the exclusions removed, errors.
+    Scan(ScanArgs),
+    /// Exclusion rules.
+    Exclude {
+        /// Exclusion subcommand.
+        #[command(subcommand)]
+        command: ExcludeCommand,
+    },
+}
+
+/// `keepsake exclude ...`
+#[derive(Debug, Subcommand)]
+pub enum ExcludeCommand {
+    /// Say whether PATH is excluded, by which rule and why.
+    Test(ExcludeTestArgs),
+}
+
+/// Rule options shared by the commands.
+#[derive(Debug, Args, Clone)]
+pub struct RuleArgs {
+    /// Extra exclusion pattern (gitignore syntax; repeatable; after the local exclude file)
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Do not apply the built-in photographer defaults
+    #[arg(long)]
+    pub no_default_excludes: bool,
+    /// Exclude files larger than SIZE (e.g. 500M, 4G)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub max_file_size: Option<u64>,
+    /// Exclude-if-present marker file name (repeatable) [default: .nobackup]
+    #[arg(long = "marker", value_name = "NAME")]
+    pub markers: Vec<String>,
+    /// Do not skip folders tagged with CACHEDIR.TAG
+    #[arg(long)]
+    pub no_cachedir_tag: bool,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+/// `keepsake scan`
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// The folder to scan (a source root)
+    pub path: PathBuf,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Record the scan in the catalog (queue new/changed files, mark deletions); without it
+    /// the scan only reads the catalog
+    #[arg(long)]
+    pub update_catalog: bool,
+    /// Also list every new, modified and deleted path (one per line)
+    #[arg(long, conflicts_with = "json")]
+    pub list: bool,
+    /// Descend into folders on other file systems
+    #[arg(long)]
+    pub cross_filesystems: bool,
+    /// Label for the source when the catalog first records it
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
+    /// Do not open new or modified files to check they are readable
+    #[arg(long)]
+    pub no_probe: bool,
+    /// Exclusion rules.
+    #[command(flatten)]
+    pub rules: RuleArgs,
+}
+
+/// `keepsake exclude test`
+#[derive(Debug, Args)]
+pub struct ExcludeTestArgs {
+    /// The path to test (need not exist)
+    pub path: PathBuf,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// The source root the rules apply to [default: the catalog's source containing PATH,
+    /// else the current folder]
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Treat PATH as a folder even if it does not exist
+    #[arg(long)]
+    pub dir: bool,
+    /// Exclusion rules.
+    #[command(flatten)]
+    pub rules: RuleArgs,
+}
+
+/// The process entry point: parses `args` (including the program name), runs the command,
+/// writes results to stdout.
+pub fn main_with_args<I, T>(args: I) -> anyhow::Result<ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    run(args, &mut out).map(ExitCode::from)
+}
+
+/// Like [`main_with_args`], writing results to `out` and returning the exit code as a number
+/// (for in-process tests).
+pub fn run<I, T>(args: I, out: &mut dyn Write) -> anyhow::Result<u8>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = u8::try_from(e.exit_code()).unwrap_or(2);
+            if code == 0 {
+                write!(out, "{e}")?;
+            } else {
+                let _ = e.print();
+            }
+            return Ok(code);
+        }
+    };
+    init_logging(cli.log_level.as_deref())?;
+    let home = resolve_home(cli.home.clone())?;
+    match cli.command {
+        Command::Scan(args) => cmd_scan(&home, args, out),
+        Command::Exclude {
+            command: ExcludeCommand::Test(args),
+        } => cmd_exclude_test(&home, args, out),
+    }
+}
+
+fn init_logging(level: Option<&str>) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).with_context(|| format!("invalid --log-level {l:?}"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+    };
+    // A second call (tests running several commands in one process) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+    Ok(())
+}
+
+/// The OS's usual per-user data folder for the agent: `$XDG_DATA_HOME/keepsake` (or
+/// `~/.local/share/keepsake`) on Linux, `~/Library/Application Support/Keepsake` on macOS,
+/// `%APPDATA%\Keepsake` on Windows.
+pub fn default_home() -> Option<PathBuf> {
+    let name = if cfg!(any(target_os = "macos", windows)) {
+        "Keepsake"
+    } else {
+        "keepsake"
+    };
+    dirs::data_dir().map(|d| d.join(name))
+}
+
+fn resolve_home(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match explicit.filter(|p| !p.as_os_str().is_empty()) {
+        Some(h) => Ok(h),
+        None => default_home()
+            .context("cannot find the per-user data folder; pass --home or set KEEPSAKE_HOME"),
+    }
+}
+
+fn build_matcher(root: &Path, home: &Path, rules: &RuleArgs) -> anyhow::Result<Matcher> {
+    let mut config = ExcludeConfig {
+        use_defaults: !rules.no_default_excludes,
+        ..ExcludeConfig::default()
+    };
+    let local_file = home.join(LOCAL_EXCLUDE_FILE);
+    let list = RuleList::from_file(&local_file)?;
+    if !list.patterns.is_empty() {
+        config.local.push(list);
+    }
+    if !rules.exclude.is_empty() {
+        config.local.push(RuleList {
+            origin: "--exclude".to_string(),
+            patterns: rules.exclude.clone(),
+        });
+    }
+    config.max_file_size = rules.max_file_size;
+    if !rules.markers.is_empty() {
+        config.marker_files = rules.markers.clone();
+    } else {
+        config.marker_files = vec![DEFAULT_MARKER_FILE.to_string()];
+    }
+    config.cachedir_tag = !rules.no_cachedir_tag;
+    let matcher = Matcher::new(root, &config);
+    for p in matcher.problems() {
+        if p.origin() == "--exclude" {
+            bail!("{p}");
+        }
+        tracing::warn!("{p}");
+    }
+    Ok(matcher)
+}
+
+struct Progress {
+    bar: ProgressBar,
+}
+
+impl PlanObserver for Progress {
+    fn on_progress(&mut self, t: &PlanTotals) {
+        self.bar.set_message(format!(
+            "{} files, {} scanned — {} new, {} modified, {} excluded",
+            t.scan.files,
+            format_bytes(t.scan.bytes),
+            t.new.entries,
+            t.modified.entries,
+            t.scan.excluded
+        ));
+    }
+}
+
+struct Lister<'a> {
+    progress: Progress,
+    out: &'a mut dyn Write,
+    error: Option<std::io::Error>,
+}
+
+impl PlanObserver for Lister<'_> {
+    fn on_change(&mut self, change: Change, rel: &RelPath, kind: EntryKind, _size: u64) {
+        let tag = match change {
+            Change::New => "+",
+            Change::Modified => "M",
+            Change::Deleted => "-",
+            Change::Unverified => "?",
+            Change::Unchanged => return,
+        };
+        let slash = if kind == EntryKind::Dir { "/" } else { "" };
+        if self.error.is_none() {
+            let bar = &self.progress.bar;
+            let r = bar.suspend(|| writeln!(self.out, "{tag} {rel}{slash}"));
+            if let Err(e) = r {
+                self.error = Some(e);
+            }
+        }
+    }
+    fn on_progress(&mut self, t: &PlanTotals) {
+        self.progress.on_progress(t);
+    }
+}
+
+fn progress_bar(hidden: bool) -> ProgressBar {
+    if hidden || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed} {msg}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn cmd_scan(home: &Path, args: ScanArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let root = std::fs::canonicalize(&args.path)
+        .with_context(|| format!("cannot scan {}", args.path.display()))?;
+    if !root.is_dir() {
+        bail!("cannot scan {}: not a folder", root.display());
+    }
+    let matcher = Arc::new(build_matcher(&root, home, &args.rules)?);
+    let catalog_path = home.join(CATALOG_FILE);
+    let _lock = if args.update_catalog {
+        Some(WriterLock::acquire(&home.join(LOCK_FILE))?)
+    } else {
+        None
+    };
+    let mut catalog = if args.update_catalog || catalog_path.exists() {
+        Catalog::open(&catalog_path)
+            .with_context(|| format!("cannot open the catalog {}", catalog_path.display()))?
+    } else {
+        Catalog::open_in_memory()?
+    };
+    let opts = PlanOptions {
+        update_catalog: args.update_catalog,
+        probe_readable: !args.no_probe,
+        label: args.label.clone(),
+        ..PlanOptions::default()
+    };
+    let scan_opts = ScanOptions {
+        cross_filesystems: args.cross_filesystems,
+        ..ScanOptions::default()
+    };
+    let bar = progress_bar(args.json);
+    let progress = Progress { bar: bar.clone() };
+    let report = if args.list {
+        let mut lister = Lister {
+            progress,
+            out: &mut *out,
+            error: None,
+        };
+        let r = plan::run(&mut catalog, &root, matcher, scan_opts, &opts, &mut lister)?;
+        if let Some(e) = lister.error {
+            return Err(e.into());
+        }
+        r
+    } else {
+        let mut progress = progress;
+        plan::run(
+            &mut catalog,
+            &root,
+            matcher,
+            scan_opts,
+            &opts,
+            &mut progress,
+        )?
+    };
+    bar.finish_and_clear();
+    let catalog_shown = if catalog_path.exists() {
+        Some(catalog_path.as_path())
+    } else {
+        None
+    };
+    if args.json {
+        serde_json::to_writer_pretty(
+            &mut *out,
+            &ScanJson {
+                report: &report,
+                catalog: catalog_shown,
+            },
+        )?;
+        writeln!(out)?;
+    } else {
+        print_scan(out, &report, catalog_shown)?;
+    }
+    Ok(if report.has_issues() { EXIT_PARTIAL } else { 0 })
+}
+
+#[derive(Serialize)]
+struct ScanJson<'a> {
+    #[serde(flatten)]
+    report: &'a PlanReport,
+    catalog: Option<&'a Path>,
+}
+
+fn count_line(t: &Tally) -> String {
+    let mut parts = vec![format!("{} files", t.files)];
+    if t.dirs > 0 {
+        parts.push(format!("{} folders", t.dirs));
+    }
+    if t.symlinks > 0 {
+        parts.push(format!("{} symlinks", t.symlinks));
+    }
+    format!("{:<44} {:>12}", parts.join(", "), format_bytes(t.bytes))
+}
+
+fn print_scan(out: &mut dyn Write, r: &PlanReport, catalog: Option<&Path>) -> std::io::Result<()> {
+    let t = &r.totals;
+    writeln!(out, "Source:   {}", r.root)?;
+    writeln!(
+        out,
+        "Scanned:  {} files, {} folders, {} symlinks, {} in {:.1} s",
+        t.scan.files,
+        t.scan.dirs,
+        t.scan.symlinks,
+        format_bytes(t.scan.bytes),
+        r.elapsed_ms as f64 / 1000.0
+    )?;
+    writeln!(out)?;
+    writeln!(out, "Compared with the last committed backup:")?;
+    writeln!(out, "  new         {}", count_line(&t.new))?;
+    writeln!(out, "  modified    {}", count_line(&t.modified))?;
+    writeln!(out, "  unchanged   {}", count_line(&t.unchanged))?;
+    writeln!(out, "  deleted     {}", count_line(&t.deleted))?;
+    if t.unverified.entries > 0 {
+        writeln!(
+            out,
+            "  unverified  {}  (under paths that could not be read; kept as they were)",
+            count_line(&t.unverified)
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Excluded: {} entries, {} of files (excluded folders are not walked)",
+        t.scan.excluded,
+        format_bytes(t.scan.excluded_bytes)
+    )?;
+    let mut rules: Vec<_> = t.scan.excluded_by_rule.iter().collect();
+    rules.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+    for (label, tally) in rules {
+        writeln!(
+            out,
+            "  {:>8}  {:>10}  {}",
+            tally.count,
+            format_bytes(tally.bytes),
+            label
+        )?;
+    }
+    if t.scan.skipped > 0 {
+        writeln!(
+            out,
+            "Skipped:  {} special files or mount points",
+            t.scan.skipped
+        )?;
+        for s in &r.skipped {
+            writeln!(out, "  {:?}  {}", s.reason, s.rel)?;
+        }
+    }
+    if t.scan.issues > 0 {
+        writeln!(out, "Errors:   {} (the scan continued)", t.scan.issues)?;
+        for i in &r.issues {
+            writeln!(out, "  {}: {}", i.rel, i.message)?;
+        }
+        if (r.issues.len() as u64) < t.scan.issues {
+            writeln!(
+                out,
+                "  … and {} more",
+                t.scan.issues - r.issues.len() as u64
+            )?;
+        }
+    } else {
+        writeln!(out, "Errors:   none")?;
+    }
+    writeln!(out)?;
+    match (&r.scan, catalog) {
+        (Some(s), Some(c)) => writeln!(
+            out,
+            "Catalog:  updated ({}), scan generation {}{}; {} deletions recorded",
+            c.display(),
+            s.generation,
+            if s.resumed {
+                ", resumed after an interruption"
+            } else {
+                ""
+            },
+            s.completion.deleted
+        )?,
+        (_, Some(c)) => writeln!(
+            out,
+            "Catalog:  read only ({}); use --update-catalog to record this scan",
+            c.display()
+        )?,
+        (_, None) => writeln!(
+            out,
+            "Catalog:  none yet; use --update-catalog to record this scan"
+        )?,
+    }
+    Ok(())
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    // Resolve the parent (symlinks, `..`) but not the final component, which may be a symlink
+    // or not exist at all.
+    let name = abs.file_name().map(|n| n.to_os_string());
+    match (abs.parent(), name) {
+        (Some(parent), Some(name)) if name != ".." => {
+            let parent = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+            Ok(parent.join(name))
+        }
+        _ => Ok(std::fs::canonicalize(&abs).unwrap_or(abs)),
+    }
+}
+
+fn find_root(home: &Path, abs: &Path, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(r) = explicit {
+        return std::fs::canonicalize(r)
+            .with_context(|| format!("cannot use --root {}", r.display()));
+    }
+    let catalog_path = home.join(CATALOG_FILE);
+    if catalog_path.exists() {
+        let catalog = Catalog::open(&catalog_path)?;
+        let best = catalog
+            .sources()?
+            .into_iter()
+            .map(|s| s.root)
+            .filter(|r| abs.starts_with(r))
+            .max_by_key(|r| r.as_os_str().len());
+        if let Some(r) = best {
+            return Ok(r);
+        }
+    }
+    let cwd = std::fs::canonicalize(std::env::current_dir()?)?;
+    if abs.starts_with(&cwd) {
+        return Ok(cwd);
+    }
+    bail!(
+        "{} is not inside a source known to the catalog nor inside the current folder; pass --root",
+        abs.display()
+    )
+}
+
+#[derive(Serialize)]
+struct ExcludeJson<'a> {
+    path: &'a RelPath,
+    root: &'a Path,
+    is_dir: bool,
+    size: Option<u64>,
+    #[serde(flatten)]
+    decision: &'a Decision,
+}
+
+fn cmd_exclude_test(home: &Path, args: ExcludeTestArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let abs = absolute(&args.path)?;
+    let root = find_root(home, &abs, args.root.as_deref())?;
+    let rel = RelPath::strip_root(&root, &abs)?;
+    let md = std::fs::symlink_metadata(&abs).ok();
+    let is_dir = args.dir || md.as_ref().is_some_and(|m| m.is_dir());
+    let size = md.as_ref().filter(|m| m.is_file()).map(|m| m.len());
+    let matcher = build_matcher(&root, home, &args.rules)?;
+    let decision = matcher.decide_with_size(&rel, is_dir, size);
+    if args.json {
+        serde_json::to_writer_pretty(
+            &mut *out,
+            &ExcludeJson {
+                path: &rel,
+                root: &root,
+                is_dir,
+                size,
+                decision: &decision,
+            },
+        )?;
+        writeln!(out)?;
+        return Ok(0);
+    }
+    let shown = if is_dir {
+        format!("{rel}/")
+    } else {
+        rel.to_string()
+    };
+    match (&decision.excluded, &decision.rule) {
+        (true, Some(rule)) => {
+            writeln!(out, "excluded: {shown}")?;
+            writeln!(out, "  rule:   {}", rule.pattern)?;
+            writeln!(out, "  source: {}", rule.describe_source())?;
+            if let Some(reason) = &rule.reason {
+                writeln!(out, "  why:    {reason}")?;
+            }
+            if let Some(via) = &rule.via {
+                writeln!(
+                    out,
+                    "  via:    the folder {via}/ is excluded, so everything in it is"
+                )?;
+            }
+        }
+        (false, Some(rule)) => {
+            writeln!(out, "included: {shown}")?;
+            writeln!(
+                out,
+                "  re-included by: {} ({})",
+                rule.pattern,
+                rule.describe_source()
+            )?;
+        }
+        (_, None) => writeln!(out, "included: {shown} (no rule matches)")?,
+    }
+    writeln!(out, "  root:   {}", root.display())?;
+    Ok(0)
+}
