@@ -1,9 +1,26 @@
 //! JSON types of the `/v1` HTTP API, shared by agent and server.
+//!
+//! Binary bodies (blob uploads and downloads) use [`crate::framing`]; job deltas use
+//! [`crate::delta`]. Every request carries `Authorization: Bearer <token>` except enrolment,
+//! which presents the enrolment token in its body.
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::delta::ChunkRef;
+use crate::ids::{BlobId, ContentHash};
 
 /// Version string of the HTTP API.
 pub const API_VERSION: &str = "v1";
+
+/// Most blob IDs one `blobs/missing` request may ask about.
+pub const MAX_MISSING_QUERY: usize = 10_000;
+/// Largest pack upload body the server accepts (a pack is tens of MiB).
+pub const MAX_PACK_BODY: u64 = 256 * 1024 * 1024;
+/// Most blobs one `blobs/read` request may ask for.
+pub const MAX_READ_BLOBS: usize = 1_024;
+/// Largest delta part body the server accepts.
+pub const MAX_DELTA_PART_BODY: u64 = 256 * 1024 * 1024;
 
 /// Body of `GET /readyz`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -21,4 +38,324 @@ pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Organisations, tokens, enrolment
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /v1/orgs` (platform administrators).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrgRequest {
+    pub name: String,
+    #[serde(default)]
+    pub slug: Option<String>,
+    pub admin_email: String,
+}
+
+/// Answer of organisation creation (API and `keepsake-server admin create-org`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateOrgResponse {
+    pub organization_id: Uuid,
+    pub slug: String,
+    pub admin_user_id: Uuid,
+    /// A user token for the first admin (shown once).
+    pub admin_token: String,
+    /// A single-use enrolment token for the first machine (shown once).
+    pub enroll_token: String,
+    pub enroll_token_expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `POST /v1/enroll-tokens` (admins).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollTokenRequest {
+    /// Validity in hours (default 72, at most 720).
+    #[serde(default)]
+    pub valid_hours: Option<u32>,
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// A freshly created token (shown once; only its hash is stored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token_id: Uuid,
+    pub token: String,
+    #[serde(default)]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `POST /v1/tokens` (a user token for the caller, or for another user by an admin).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserTokenRequest {
+    #[serde(default)]
+    pub user_email: Option<String>,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub valid_days: Option<u32>,
+}
+
+/// `POST /v1/enroll`: an agent exchanges an enrolment token for its own agent token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub enroll_token: String,
+    pub name: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub agent_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub organization_id: Uuid,
+    pub organization_name: String,
+    pub agent_id: Uuid,
+    pub agent_token: String,
+    /// Whether the organisation lets agents keep the unsealed key bundle on disk.
+    pub allow_unsealed_key_on_disk: bool,
+}
+
+/// Who the caller is (`GET /v1/whoami`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub organization_id: Uuid,
+    pub kind: String,
+    #[serde(default)]
+    pub user_id: Option<Uuid>,
+    #[serde(default)]
+    pub agent_id: Option<Uuid>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+// ---------------------------------------------------------------------------------------------
+
+/// One registered data key: its public recipient and the sealed bundle (never a private key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: Uuid,
+    pub key_id: String,
+    pub recipient: String,
+    /// The key bundle JSON (see `keys::KeyBundle`).
+    pub bundle: String,
+    pub is_active: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeysResponse {
+    /// The active key (absent until the first machine has set the organisation up).
+    #[serde(default)]
+    pub active: Option<KeyRecord>,
+}
+
+/// `POST /v1/keys`: the first machine registers the organisation's key; a rotation registers the
+/// next one (the bundle then holds the whole ring).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterKeyRequest {
+    pub key_id: String,
+    pub recipient: String,
+    pub bundle: String,
+    #[serde(default)]
+    pub extra_recipients: Vec<String>,
+    /// For a rotation: the key id this one replaces (must be the active one).
+    #[serde(default)]
+    pub replaces_key_id: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blobs and packs
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /v1/blobs/missing`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MissingRequest {
+    pub ids: Vec<BlobId>,
+}
+
+/// The IDs of the request that the server does not hold. The others are protected from garbage
+/// collection for `protected_seconds`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingResponse {
+    pub missing: Vec<BlobId>,
+    pub protected_seconds: u64,
+}
+
+/// Answer of `POST /v1/packs` (body: a framed blob stream).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackStored {
+    pub pack_id: Uuid,
+    pub blobs: u64,
+    /// Blobs that were new to the index (the others were stored concurrently by someone else).
+    pub new_blobs: u64,
+    pub bytes: u64,
+}
+
+/// `POST /v1/blobs/read`: the answer is a framed blob stream of the requested blobs, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadBlobsRequest {
+    pub ids: Vec<BlobId>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sources, jobs, commits
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /v1/sources`: registers (idempotently) a watched root of the calling agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterSourceRequest {
+    pub root_path: String,
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub root_path: String,
+    #[serde(default)]
+    pub label: Option<String>,
+    pub last_committed_seq: i64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Changes since the parent state.
+    Incremental,
+    /// The complete state: live files not mentioned are closed.
+    Full,
+}
+
+/// `POST /v1/jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartJobRequest {
+    pub source_id: Uuid,
+    pub kind: JobKind,
+    #[serde(default)]
+    pub wedding_critical: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStarted {
+    pub job_id: Uuid,
+    /// The source's last committed sequence number when the job started.
+    pub parent_seq: i64,
+}
+
+/// Answer of `PUT /v1/jobs/{id}/parts/{n}` (body: a delta, see [`crate::delta`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartStored {
+    pub part: u32,
+    pub entries: u64,
+    /// False when the part had been received before (a retry); nothing changed then.
+    pub new: bool,
+}
+
+/// `POST /v1/jobs/{id}/commit`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    /// Number of parts sent (0..parts); the commit fails if one is missing.
+    pub parts: u32,
+    #[serde(default)]
+    pub files_failed: u32,
+    #[serde(default)]
+    pub bytes_read: u64,
+    #[serde(default)]
+    pub bytes_sent: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Committed {
+    pub job_id: Uuid,
+    pub seq: i64,
+    pub recovery_point_id: Uuid,
+    pub files_added: i64,
+    pub files_changed: i64,
+    pub files_deleted: i64,
+    pub file_count: i64,
+    pub total_bytes: i64,
+}
+
+/// 409 answer of a commit that references blobs the server does not hold.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitMissing {
+    pub error: String,
+    pub missing: Vec<BlobId>,
+    /// True when more IDs are missing than listed.
+    pub truncated: bool,
+}
+
+/// `POST /v1/jobs/{id}/fail`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailJobRequest {
+    pub error: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery points and browsing
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecoveryPointInfo {
+    pub id: Uuid,
+    pub source_id: Uuid,
+    pub agent_id: Uuid,
+    pub agent_name: String,
+    pub root_path: String,
+    pub seq: i64,
+    pub point_in_time: chrono::DateTime<chrono::Utc>,
+    pub file_count: i64,
+    pub backup_size_bytes: i64,
+    pub is_wedding_critical: bool,
+}
+
+/// One line of `GET /v1/points/{id}/files` (NDJSON): a file, link or directory live at the point.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileAtPoint {
+    pub path: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::delta::b64_opt"
+    )]
+    pub raw_path: Option<Vec<u8>>,
+    pub kind: FileKind,
+    pub size: u64,
+    #[serde(default)]
+    pub mtime_ns: Option<i64>,
+    #[serde(default)]
+    pub mode: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink_target: Option<String>,
+    /// Content hash and chunk list (files only; omitted with `chunks=false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<ContentHash>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkRef>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Symlink,
+    Directory,
 }

@@ -63,7 +63,7 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
-mod b64_opt {
+pub mod b64_opt {
     use super::*;
 
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {

@@ -10,7 +10,8 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, Database, LogFormat};
 use crate::db::embedded::{self, Cluster, ClusterOptions};
 use crate::db::{self, migrate, Db, DbError};
-use crate::http::{self, AppState};
+use crate::destinations::{Destination, DestinationError};
+use crate::http::{self, AppState, HttpSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -28,6 +29,8 @@ pub enum ServerError {
     },
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("default storage: {0}")]
+    Storage(#[from] DestinationError),
     #[error("server task failed: {0}")]
     Task(String),
 }
@@ -138,6 +141,15 @@ pub async fn start(
     let db = Db::new(database.owner_config.clone(), config.db_pool_size)?;
     // Fail fast if the application role cannot connect (e.g. migrations did not create it).
     drop(db.client().await?);
+    let default_storage = Destination::open("server-default", &config.storage)?;
+    let settings = HttpSettings {
+        protect_grace: std::time::Duration::from_secs(config.protect_grace_secs),
+        platform_token_hash: config
+            .platform_token
+            .as_ref()
+            .map(|t| crate::auth::hash_token(t.expose())),
+        ..HttpSettings::default()
+    };
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| ServerError::Bind {
@@ -147,7 +159,13 @@ pub async fn start(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     let (tx, rx) = oneshot::channel::<()>();
-    let app = http::router(AppState::new(db.clone()));
+    let app = http::router(AppState::new(
+        db.clone(),
+        default_storage,
+        settings,
+        Some(database.owner_config.clone()),
+    ))
+    .into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
         let shutdown = async move {
             tokio::select! {

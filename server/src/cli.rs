@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::app;
-use crate::config::{Cli, Command, Config};
+use crate::config::{AdminCommand, Cli, Command, Config};
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
@@ -54,6 +54,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
+        Command::Admin(cmd) => admin(cmd, config).await,
         Command::Migrate => {
             let db = app::prepare_database(&config).await?;
             let applied = app::run_migrations(&db.owner_config).await?;
@@ -69,4 +70,75 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn admin(cmd: AdminCommand, config: Config) -> anyhow::Result<()> {
+    let prepared = app::prepare_database(&config).await?;
+    app::run_migrations(&prepared.owner_config).await?;
+    let result = admin_inner(cmd, &config, &prepared.owner_config).await;
+    if let Some(mut cluster) = prepared.cluster {
+        tokio::task::spawn_blocking(move || cluster.stop()).await??;
+    }
+    result
+}
+
+async fn admin_inner(
+    cmd: AdminCommand,
+    config: &Config,
+    owner_config: &tokio_postgres::Config,
+) -> anyhow::Result<()> {
+    let owner = crate::db::connect_owner(owner_config).await?;
+    let db = crate::db::Db::new(owner_config.clone(), 2)?;
+    match cmd {
+        AdminCommand::CreateOrg {
+            name,
+            slug,
+            admin_email,
+            json,
+        } => {
+            let kind = match &config.storage {
+                crate::destinations::DestinationConfig::S3 { .. } => "s3",
+                _ => "local",
+            };
+            let created =
+                crate::orgs::create_org(&owner, &db, &name, slug.as_deref(), &admin_email, kind)
+                    .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                println!(
+                    "organization: {} ({})",
+                    created.slug, created.organization_id
+                );
+                println!("admin token:  {}", created.admin_token);
+                println!(
+                    "enroll token: {}  (single use, expires {})",
+                    created.enroll_token, created.enroll_token_expires_at
+                );
+            }
+        }
+        AdminCommand::EnrollToken { org, hours, json } => {
+            let org_id = crate::orgs::find_org(&owner, &org).await?;
+            let mut client = db.client().await?;
+            let tx =
+                crate::db::begin(&mut client, &crate::db::Actor::System { org: org_id }).await?;
+            let (token, id, expires) =
+                crate::orgs::insert_enroll_token(&tx, org_id, None, hours, Some("admin cli"))
+                    .await?;
+            tx.commit().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&keepsake_common::api::TokenCreated {
+                        token_id: id,
+                        token,
+                        expires_at: Some(expires),
+                    })?
+                );
+            } else {
+                println!("enroll token: {token}  (single use, expires {expires})");
+            }
+        }
+    }
+    Ok(())
 }

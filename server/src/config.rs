@@ -64,6 +64,19 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, env = "KEEPSAKE_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Folder for the default local storage destination (default: <data-dir>/storage). A
+    /// `[storage]` table in the config file selects S3-compatible storage instead.
+    #[arg(long, env = "KEEPSAKE_STORAGE_DIR", global = true)]
+    pub storage_dir: Option<PathBuf>,
+    /// Platform administrator token for `POST /v1/orgs` (unset: organisations are created only
+    /// with `keepsake-server admin create-org`).
+    #[arg(
+        long,
+        env = "KEEPSAKE_PLATFORM_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub platform_token: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -74,6 +87,38 @@ pub enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Administration (works without a running server; uses the database directly).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// Create an organisation with its first admin; prints the admin token and an enrolment token.
+    CreateOrg {
+        /// Display name, e.g. "Smith & Jones Photography".
+        name: String,
+        /// URL-safe short name (default: derived from the name).
+        #[arg(long)]
+        slug: Option<String>,
+        /// E-mail of the first admin (owner) of the organisation.
+        #[arg(long, default_value = "admin@localhost.localdomain")]
+        admin_email: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create another single-use enrolment token for an organisation (id or slug).
+    EnrollToken {
+        #[arg(long)]
+        org: String,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 72)]
+        hours: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The config file's keys (all optional).
@@ -86,6 +131,12 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     pub db_pool_size: Option<usize>,
+    pub storage_dir: Option<PathBuf>,
+    /// The default storage destination (overrides `storage_dir`), e.g. an S3 bucket.
+    pub storage: Option<crate::destinations::DestinationConfig>,
+    pub platform_token: Option<String>,
+    /// Seconds blobs reported present stay protected from garbage collection.
+    pub protect_grace_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -128,6 +179,10 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub db_pool_size: usize,
+    /// The server's default storage destination.
+    pub storage: crate::destinations::DestinationConfig,
+    pub platform_token: Option<crate::destinations::Secret>,
+    pub protect_grace_secs: u64,
 }
 
 impl Config {
@@ -141,17 +196,16 @@ impl Config {
             Some(d) => d,
             None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
         };
-        let database = match cli.database_url.clone().or(file.database_url) {
+        let database = match cli.database_url.clone().or(file.database_url.clone()) {
             Some(url) if !url.trim().is_empty() => Database::Url(url),
             _ => Database::Embedded,
         };
         Ok(Config {
+            database,
             bind: cli
                 .bind
                 .or(file.bind)
                 .unwrap_or_else(|| DEFAULT_BIND.parse().expect("valid default address")),
-            data_dir,
-            database,
             log_level: cli
                 .log_level
                 .clone()
@@ -159,6 +213,24 @@ impl Config {
                 .unwrap_or_else(|| "info".into()),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             db_pool_size: file.db_pool_size.unwrap_or(16).max(2),
+            storage: match (cli.storage_dir.clone(), file.storage, file.storage_dir) {
+                (Some(dir), _, _) => crate::destinations::DestinationConfig::Local { path: dir },
+                (None, Some(cfg), _) => cfg,
+                (None, None, Some(dir)) => {
+                    crate::destinations::DestinationConfig::Local { path: dir }
+                }
+                (None, None, None) => crate::destinations::DestinationConfig::Local {
+                    path: data_dir.join("storage"),
+                },
+            },
+            platform_token: cli
+                .platform_token
+                .clone()
+                .or(file.platform_token)
+                .filter(|t| !t.trim().is_empty())
+                .map(crate::destinations::Secret::new),
+            protect_grace_secs: file.protect_grace_secs.unwrap_or(24 * 3600),
+            data_dir,
         })
     }
 
@@ -166,11 +238,16 @@ impl Config {
     pub fn for_data_dir(data_dir: PathBuf) -> Config {
         Config {
             bind: "127.0.0.1:0".parse().expect("valid address"),
+            storage: crate::destinations::DestinationConfig::Local {
+                path: data_dir.join("storage"),
+            },
             data_dir,
             database: Database::Embedded,
             log_level: "info".into(),
             log_format: LogFormat::Text,
             db_pool_size: 8,
+            platform_token: None,
+            protect_grace_secs: 24 * 3600,
         }
     }
 }

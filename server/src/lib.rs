@@ -4,10 +4,14 @@
 //! [`app::start`].
 
 pub mod app;
+pub mod auth;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod destinations;
 pub mod http;
+pub mod orgs;
+pub mod packs;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

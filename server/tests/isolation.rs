@@ -34,6 +34,7 @@ const KEYS: &[&str] = &[
     "rj",
     "rj_done",
     "scenario",
+    "pack",
 ];
 
 /// Minimal valid rows for every table with organisation data, in insertion order. Every instance
@@ -103,10 +104,40 @@ const FIXTURES: &[(&str, &str)] = &[
         ('{job_done}', '{org}', '{strategy}', '{destination}', '{agent}', '{source}', 'full', 'completed', 1, now(), now(), 100, 1, 100)"#,
     ),
     (
+        "public.file_contents",
+        r#"INSERT INTO file_contents (organization_id, content_hash, size, chunk_count, created_by_agent_id)
+        VALUES ('{org}', decode(md5('{n}f') || md5('{n}g'), 'hex'), 10, 1, '{agent}')"#,
+    ),
+    (
         "public.backup_files",
         r#"INSERT INTO backup_files
         (organization_id, agent_id, source_id, path, size, content_hash, chunk_count, valid_from_seq, created_by_job_id)
         VALUES ('{org}', '{agent}', '{source}', 'Smith/IMG-{n}.CR3', 10, decode(md5('{n}f') || md5('{n}g'), 'hex'), 1, 1, '{job_done}')"#,
+    ),
+    (
+        "public.packs",
+        r#"INSERT INTO packs (id, organization_id, destination_id, object_key, size_bytes, blob_count, pack_hash, uploaded_by_agent_id)
+        VALUES ('{pack}', '{org}', '{destination}', 'packs/{n}.pack', 112, 1, decode(md5('{n}p') || md5('{n}q'), 'hex'), '{agent}')"#,
+    ),
+    (
+        "public.blobs",
+        r#"INSERT INTO blobs (organization_id, blob_id, pack_id, pack_offset, cipher_length, plain_length, cipher_hash)
+        VALUES ('{org}', decode(md5('{n}b') || md5('{n}c'), 'hex'), '{pack}', 16, 80, 10, decode(md5('{n}d') || md5('{n}e'), 'hex'))"#,
+    ),
+    (
+        "public.content_chunks",
+        r#"INSERT INTO content_chunks (organization_id, content_hash, seq, blob_id, file_offset, plain_length)
+        VALUES ('{org}', decode(md5('{n}f') || md5('{n}g'), 'hex'), 0, decode(md5('{n}b') || md5('{n}c'), 'hex'), 0, 10)"#,
+    ),
+    (
+        "public.job_delta_entries",
+        r#"INSERT INTO job_delta_entries (organization_id, backup_job_id, agent_id, part, ordinal, op, path, size, content_hash, chunk_count)
+        VALUES ('{org}', '{job}', '{agent}', 0, 0, 'upsert', 'Smith/new-{n}.CR3', 10, decode(md5('{n}f') || md5('{n}g'), 'hex'), 1)"#,
+    ),
+    (
+        "public.job_delta_chunks",
+        r#"INSERT INTO job_delta_chunks (organization_id, backup_job_id, agent_id, part, ordinal, seq, blob_id, file_offset, plain_length)
+        VALUES ('{org}', '{job}', '{agent}', 0, 0, 0, decode(md5('{n}b') || md5('{n}c'), 'hex'), 0, 10)"#,
     ),
     (
         "public.backup_manifests",

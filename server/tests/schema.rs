@@ -1345,6 +1345,12 @@ async fn add_version(
     seq: i64,
     job: Uuid,
 ) -> Result<i64, tokio_postgres::Error> {
+    t.execute(
+        "INSERT INTO file_contents (organization_id, content_hash, size, chunk_count, created_by_agent_id)
+         VALUES ($1, $2, 100, 1, $3) ON CONFLICT DO NOTHING",
+        &[&w.org.id, &digest(content), &w.agent],
+    )
+    .await?;
     t.query_one(
         "INSERT INTO backup_files (organization_id, agent_id, source_id, path, size, content_hash, chunk_count,
              valid_from_seq, created_by_job_id)

@@ -86,6 +86,9 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DestinationConfig {
+    /// The storage the server itself is configured with (its settings and secrets stay in the
+    /// server's configuration, never in the database).
+    ServerDefault,
     /// A folder on the server's filesystem (local disk, NAS mount, removable offsite disk).
     Local { path: PathBuf },
     /// An S3-compatible bucket.
@@ -146,6 +149,10 @@ impl Destination {
     /// Opens a destination. A local folder is created when missing.
     pub fn open(name: &str, config: &DestinationConfig) -> Result<Destination, DestinationError> {
         match config {
+            DestinationConfig::ServerDefault => Err(DestinationError::Config(
+                "the server-default destination is resolved by the server, not opened directly"
+                    .into(),
+            )),
             DestinationConfig::Local { path } => {
                 std::fs::create_dir_all(path).map_err(|e| {
                     DestinationError::Config(format!("cannot create {}: {e}", path.display()))

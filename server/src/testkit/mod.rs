@@ -7,6 +7,7 @@
 //! directory when the test process exits, however it exits.
 
 pub mod s3;
+pub mod server;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

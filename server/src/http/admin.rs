@@ -1,0 +1,271 @@
+//! Administration: organisations (platform), enrolment and user tokens, agents.
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use keepsake_common::api::{
+    CreateEnrollTokenRequest, CreateOrgRequest, CreateOrgResponse, CreateUserTokenRequest,
+    TokenCreated, WhoAmI,
+};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{check_throttle, in_tx, require_user, ApiError, AppState};
+use crate::auth::{hash_token, new_token, Principal, TokenKind, Who};
+use crate::orgs::{self, OrgError};
+
+/// A JSON body that may be absent (empty or `null` means the defaults).
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() || trimmed == b"null" {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(trimmed)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+pub async fn whoami(p: Principal) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        organization_id: p.org,
+        kind: match p.who {
+            Who::User(_) => "user".into(),
+            Who::Agent(_) => "agent".into(),
+        },
+        user_id: p.user_id(),
+        agent_id: p.agent_id(),
+    })
+}
+
+/// Admin or owner of the caller's organisation?
+async fn require_manager(st: &AppState, p: &Principal) -> Result<(), ApiError> {
+    let state = st;
+    require_user(p)?;
+    let role: Option<String> = in_tx!(state, &p.actor(), |tx| {
+        Ok(tx
+            .query_one("SELECT auth.org_role()::text", &[])
+            .await?
+            .get(0))
+    });
+    match role.as_deref() {
+        Some("admin") | Some("owner") => Ok(()),
+        _ => Err(ApiError::forbidden(
+            "only an admin or owner of the organisation may do this",
+        )),
+    }
+}
+
+/// `POST /v1/orgs`: platform administrators create organisations.
+pub async fn create_org(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Json(req): Json<CreateOrgRequest>,
+) -> Result<(StatusCode, Json<CreateOrgResponse>), ApiError> {
+    check_throttle(&state, addr.ip())?;
+    let Some(expected) = state.inner.settings.platform_token_hash else {
+        return Err(ApiError::forbidden(
+            "organisation creation over the API is disabled (no platform token configured); \
+             use `keepsake-server admin create-org`",
+        ));
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(hash_token);
+    if presented != Some(expected) {
+        state.inner.throttle.failed(addr.ip());
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "a platform administrator token is required",
+        ));
+    }
+    let Some(cfg) = &state.inner.owner_config else {
+        return Err(ApiError::internal("no owner connection configured"));
+    };
+    let owner = crate::db::connect_owner(cfg).await?;
+    let kind = state.inner.default_storage.kind();
+    match orgs::create_org(
+        &owner,
+        state.db(),
+        &req.name,
+        req.slug.as_deref(),
+        &req.admin_email,
+        kind,
+    )
+    .await
+    {
+        Ok(created) => Ok((StatusCode::CREATED, Json(created))),
+        Err(OrgError::Invalid(m)) => Err(ApiError::bad_request(m)),
+        Err(e @ OrgError::SlugTaken(_)) => Err(ApiError::conflict(e.to_string())),
+        Err(OrgError::Db(e)) => Err(e.into()),
+    }
+}
+
+/// `POST /v1/enroll-tokens`: an admin creates a single-use enrolment token for a new machine.
+pub async fn create_enroll_token(
+    State(state): State<AppState>,
+    p: Principal,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
+    require_manager(&state, &p).await?;
+    let req: CreateEnrollTokenRequest = optional_json(&body)?;
+    let hours = req.valid_hours.unwrap_or(orgs::ENROLL_TOKEN_HOURS);
+    if hours == 0 || hours > 720 {
+        return Err(ApiError::bad_request(
+            "valid_hours must be between 1 and 720",
+        ));
+    }
+    let (token, id, expires) = in_tx!(state, &p.actor(), |tx| {
+        Ok(orgs::insert_enroll_token(&tx, p.org, p.user_id(), hours, req.label.as_deref()).await?)
+    });
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            token_id: id,
+            token,
+            expires_at: Some(expires),
+        }),
+    ))
+}
+
+/// `POST /v1/tokens`: a user token for the caller, or (admins) for another member.
+pub async fn create_user_token(
+    State(state): State<AppState>,
+    p: Principal,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
+    let me = require_user(&p)?;
+    let req: CreateUserTokenRequest = optional_json(&body)?;
+    if req.user_email.is_some() {
+        require_manager(&state, &p).await?;
+    }
+    let expires = match req.valid_days {
+        Some(0) => return Err(ApiError::bad_request("valid_days must be at least 1")),
+        Some(d) => Some(chrono::Utc::now() + chrono::Duration::days(i64::from(d.min(3650)))),
+        None => None,
+    };
+    let (token, hash) = new_token(TokenKind::User);
+    let id: Uuid = in_tx!(state, &p.actor(), |tx| {
+        let user: Uuid = match &req.user_email {
+            None => me,
+            Some(email) => tx
+                .query_opt(
+                    "SELECT u.id FROM auth.users u JOIN user_profiles p ON p.user_id = u.id \
+                     WHERE u.email = lower($1)",
+                    &[email],
+                )
+                .await?
+                .map(|r| r.get(0))
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("no member `{email}` in this organisation"))
+                })?,
+        };
+        Ok(tx
+            .query_one(
+                "INSERT INTO api_tokens (organization_id, kind, user_id, token_hash, label, created_by, expires_at) \
+                 VALUES ($1, 'user', $2, $3, $4, $5, $6) RETURNING id",
+                &[&p.org, &user, &hash.as_slice(), &req.label, &me, &expires],
+            )
+            .await?
+            .get(0))
+    });
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            token_id: id,
+            token,
+            expires_at: expires,
+        }),
+    ))
+}
+
+/// `DELETE /v1/tokens/{id}`: revokes a token (admins: any token of the organisation; users:
+/// their own).
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    require_user(&p)?;
+    let n = in_tx!(state, &p.actor(), |tx| {
+        Ok(tx
+            .execute(
+                "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+                &[&id],
+            )
+            .await?)
+    });
+    if n == 0 {
+        return Err(ApiError::not_found("no such active token visible to you"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+pub struct AgentInfo {
+    id: Uuid,
+    name: String,
+    hostname: Option<String>,
+    platform: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
+    revoked: bool,
+}
+
+/// `GET /v1/agents`: the organisation's machines.
+pub async fn list_agents(
+    State(state): State<AppState>,
+    p: Principal,
+) -> Result<Json<Vec<AgentInfo>>, ApiError> {
+    let rows = in_tx!(state, &p.actor(), |tx| {
+        Ok(tx
+            .query(
+                "SELECT id, name, hostname, platform, created_at, last_seen_at, revoked_at IS NOT NULL \
+                 FROM agents ORDER BY name",
+                &[],
+            )
+            .await?)
+    });
+    Ok(Json(
+        rows.iter()
+            .map(|r| AgentInfo {
+                id: r.get(0),
+                name: r.get(1),
+                hostname: r.get(2),
+                platform: r.get(3),
+                created_at: r.get(4),
+                last_seen_at: r.get(5),
+                revoked: r.get(6),
+            })
+            .collect(),
+    ))
+}
+
+/// `POST /v1/agents/{id}/revoke`: an admin cuts a (stolen) machine off. Its backups stay.
+pub async fn revoke_agent(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    require_manager(&state, &p).await?;
+    let n = in_tx!(state, &p.actor(), |tx| {
+        let n = tx
+            .execute(
+                "UPDATE agents SET revoked_at = now(), revoked_reason = 'revoked by an administrator' \
+                 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id],
+            )
+            .await?;
+        tx.execute(
+            "UPDATE api_tokens SET revoked_at = now() WHERE agent_id = $1 AND revoked_at IS NULL",
+            &[&id],
+        )
+        .await?;
+        Ok(n)
+    });
+    if n == 0 {
+        return Err(ApiError::not_found("no such active agent"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

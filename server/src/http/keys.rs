@@ -1,0 +1,154 @@
+//! The organisation's data key: public recipient plus the sealed key bundle. The server never
+//! holds a key that opens file contents; it stores what the first machine generated and sealed.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use keepsake_common::api::{KeyRecord, KeysResponse, RegisterKeyRequest};
+use keepsake_common::keys::KeyBundle;
+use uuid::Uuid;
+
+use super::{in_tx, ApiError, AppState};
+use crate::auth::{Principal, Who};
+
+fn valid_recipient(r: &str) -> bool {
+    r.len() == 62
+        && r.starts_with("age1")
+        && r[4..]
+            .chars()
+            .all(|c| "qpzry9x8gf2tvdw0s3jn54khce6mua7l".contains(c))
+}
+
+/// `GET /v1/keys`: the active key and its sealed bundle.
+pub async fn get_keys(
+    State(state): State<AppState>,
+    p: Principal,
+) -> Result<Json<KeysResponse>, ApiError> {
+    let active = in_tx!(state, &p.actor(), |tx| {
+        Ok(tx
+            .query_opt(
+                "SELECT id, key_hash, recipient, convert_from(key_bundle, 'UTF8'), is_active, created_at \
+                 FROM backup_encryption_keys WHERE is_active",
+                &[],
+            )
+            .await?)
+    })
+    .map(|r| KeyRecord {
+        id: r.get(0),
+        key_id: r.get(1),
+        recipient: r.get(2),
+        bundle: r.get(3),
+        is_active: r.get(4),
+        created_at: r.get(5),
+    });
+    Ok(Json(KeysResponse { active }))
+}
+
+/// `POST /v1/keys`: registers the organisation's first key (any enrolled machine or an admin), or
+/// a rotation (admins only: a new key decides who can read all future backups).
+pub async fn register_key(
+    State(state): State<AppState>,
+    p: Principal,
+    Json(req): Json<RegisterKeyRequest>,
+) -> Result<(StatusCode, Json<KeyRecord>), ApiError> {
+    let bundle = KeyBundle::from_json(&req.bundle)
+        .map_err(|e| ApiError::bad_request(format!("invalid key bundle: {e}")))?;
+    if bundle.key_id != req.key_id {
+        return Err(ApiError::bad_request(format!(
+            "the bundle's current key is {}, not {}",
+            bundle.key_id, req.key_id
+        )));
+    }
+    if !valid_recipient(&req.recipient) {
+        return Err(ApiError::bad_request(
+            "recipient is not an age X25519 public key (age1…)",
+        ));
+    }
+    if let Some(bad) = req.extra_recipients.iter().find(|r| !valid_recipient(r)) {
+        return Err(ApiError::bad_request(format!(
+            "extra recipient `{bad}` is not an age public key"
+        )));
+    }
+    if req.bundle.contains("AGE-SECRET-KEY-") {
+        return Err(ApiError::bad_request(
+            "the bundle contains a plaintext secret key; refusing to store it",
+        ));
+    }
+    let compact = serde_json::to_string(&bundle).map_err(ApiError::internal)?;
+    let record = in_tx!(state, &p.actor(), |tx| {
+        let active: Option<(Uuid, String)> = tx
+            .query_opt(
+                "SELECT id, key_hash FROM backup_encryption_keys WHERE is_active",
+                &[],
+            )
+            .await?
+            .map(|r| (r.get(0), r.get(1)));
+        match (&active, &req.replaces_key_id) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                return Err(ApiError::conflict("there is no active key to replace"));
+            }
+            (Some((_, current)), None) => {
+                return Err(ApiError::conflict(format!(
+                    "the organisation already has key {current}; fetch it and unlock it with the passphrase"
+                ))
+                .with_code("key_exists"));
+            }
+            (Some((old, current)), Some(replaces)) => {
+                if current != replaces {
+                    return Err(ApiError::conflict(format!(
+                        "the active key is {current}, not {replaces}"
+                    )));
+                }
+                if !matches!(p.who, Who::User(_)) {
+                    return Err(ApiError::forbidden(
+                        "only an admin or owner may rotate the organisation's key",
+                    ));
+                }
+                tx.execute(
+                    "UPDATE backup_encryption_keys SET is_active = false, retired_at = now() WHERE id = $1",
+                    &[old],
+                )
+                .await?;
+            }
+        }
+        let row = match tx
+            .query_one(
+                "INSERT INTO backup_encryption_keys (organization_id, key_name, recipient, key_hash, key_bundle, \
+                     extra_recipients, next_rotation_date, created_by_agent_id, created_by_user_id) \
+                 VALUES ($1, $2, $3, $4, convert_to($5, 'UTF8'), $6, CURRENT_DATE + 365, $7, $8) \
+                 RETURNING id, created_at",
+                &[
+                    &p.org,
+                    &format!("data key {}", req.key_id),
+                    &req.recipient,
+                    &req.key_id,
+                    &compact,
+                    &req.extra_recipients,
+                    &p.agent_id(),
+                    &p.user_id(),
+                ],
+            )
+            .await
+        {
+            Ok(row) => row,
+            // Two first machines at once: the other one won.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                return Err(ApiError::conflict(
+                    "the organisation's key was registered concurrently by another machine; fetch it",
+                )
+                .with_code("key_exists"));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(KeyRecord {
+            id: row.get(0),
+            key_id: req.key_id.clone(),
+            recipient: req.recipient.clone(),
+            bundle: compact.clone(),
+            is_active: true,
+            created_at: row.get(1),
+        })
+    });
+    Ok((StatusCode::CREATED, Json(record)))
+}
