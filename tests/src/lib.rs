@@ -1,1 +1,253 @@
-//! Shared harness for Keepsake's end-to-end tests.
+//! Shared harness for Keepsake's end-to-end tests: real `keepsake-server` processes (or
+//! in-process servers) over a throwaway PostgreSQL cluster, real `keepsake` agent processes with
+//! their own home folders, and deterministic test trees.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+/// Path of a binary built from this package (`e2e-keepsake`, `e2e-keepsake-server`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-hash → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile folder");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built; run the tests with `cargo test --workspace` (it builds the binaries)",
+        p.display()
+    );
+    p
+}
+
+/// The agent binary.
+pub fn keepsake_bin() -> PathBuf {
+    bin("e2e-keepsake")
+}
+
+/// The server binary.
+pub fn server_bin() -> PathBuf {
+    bin("e2e-keepsake-server")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits until `url/readyz` answers 200.
+pub fn wait_ready(url: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::blocking::get(format!("{url}/readyz")) {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(start.elapsed() < limit, "{url} not ready within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A `keepsake-server` child process on a database URL.
+pub struct ServerProc {
+    pub child: Child,
+    pub url: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+}
+
+impl ServerProc {
+    /// Starts a server process on `database_url` with its data (and storage) in `data_dir`.
+    pub fn start(database_url: &str, data_dir: &Path, port: Option<u16>) -> ServerProc {
+        let port = port.unwrap_or_else(free_port);
+        let child = Command::new(server_bin())
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--database-url")
+            .arg(database_url)
+            .env("KEEPSAKE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn keepsake-server");
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(&url, Duration::from_secs(60));
+        ServerProc {
+            child,
+            url,
+            port,
+            data_dir: data_dir.to_path_buf(),
+            database_url: database_url.to_string(),
+        }
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        let again = ServerProc::start(&self.database_url, &self.data_dir, Some(self.port));
+        *self = again;
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent with its own home folder.
+pub struct AgentHome {
+    pub home: PathBuf,
+    pub passphrase: String,
+}
+
+impl AgentHome {
+    pub fn new(home: &Path) -> AgentHome {
+        AgentHome {
+            home: home.to_path_buf(),
+            passphrase: "correct horse battery staple".into(),
+        }
+    }
+
+    /// A `keepsake` command for this home (passphrase in the environment, fast key sealing).
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(keepsake_bin());
+        c.arg("--home")
+            .arg(&self.home)
+            .env("KEEPSAKE_PASSPHRASE", &self.passphrase)
+            .env("KEEPSAKE_SCRYPT_LOG_N", "10")
+            .env("KEEPSAKE_LOG", "warn")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `keepsake <args>` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run keepsake")
+    }
+
+    /// Runs and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "keepsake {args:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs and parses `--json` output.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a: Vec<&str> = args.to_vec();
+        a.push("--json");
+        let out = self.ok(&a);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("keepsake {a:?}: bad JSON ({e}): {out}"))
+    }
+
+    /// Enrols against `server` with `token`.
+    pub fn enroll(&self, server: &str, token: &str, name: &str) -> serde_json::Value {
+        self.json(&[
+            "enroll", "--server", server, "--token", token, "--name", name,
+        ])
+    }
+}
+
+/// Deterministic file contents for tests.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v[..]);
+    v
+}
+
+/// Writes a small "shoot": RAW-like and JPEG-like random files, XMP sidecars, a folder with a
+/// non-UTF-8 name on Unix, an empty file, a symlink. Returns the relative paths written.
+pub fn write_shoot(root: &Path, seed: u64, photos: usize, raw_len: usize) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let dcim = root.join("DCIM/100EOSR5");
+    std::fs::create_dir_all(&dcim).unwrap();
+    for i in 0..photos {
+        let raw = dcim.join(format!("IMG_{i:04}.CR3"));
+        std::fs::write(&raw, random_bytes(seed * 1000 + i as u64, raw_len)).unwrap();
+        let jpg = dcim.join(format!("IMG_{i:04}.JPG"));
+        std::fs::write(&jpg, random_bytes(seed * 2000 + i as u64, raw_len / 4)).unwrap();
+        let xmp = dcim.join(format!("IMG_{i:04}.xmp"));
+        std::fs::write(
+            &xmp,
+            format!(
+                "<x:xmpmeta rating=\"{}\">{}</x:xmpmeta>\n",
+                i % 6,
+                "crs:Exposure=0.5 ".repeat(200)
+            ),
+        )
+        .unwrap();
+        for p in [raw, jpg, xmp] {
+            out.push(p.strip_prefix(root).unwrap().to_path_buf());
+        }
+    }
+    std::fs::create_dir_all(root.join("Catalog")).unwrap();
+    std::fs::write(root.join("Catalog/empty.txt"), b"").unwrap();
+    out.push(PathBuf::from("Catalog/empty.txt"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::OsStr::from_bytes(b"Caf\xe9 Ceremony");
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("notes.txt"), b"latin-1 folder name").unwrap();
+        out.push(PathBuf::from(name).join("notes.txt"));
+        let _ = std::os::unix::fs::symlink("../DCIM", root.join("Catalog/link-to-dcim"));
+    }
+    out
+}
+
+/// BLAKE3 of every regular file under `root` (relative path → hash), for byte-identical checks.
+pub fn tree_hashes(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).follow_links(false) {
+        let e = e.expect("walk");
+        if e.file_type().is_file() {
+            let data = std::fs::read(e.path()).expect("read");
+            out.insert(
+                e.path().strip_prefix(root).unwrap().to_path_buf(),
+                blake3::hash(&data).to_hex().to_string(),
+            );
+        }
+    }
+    out
+}
+
+/// Sizes of the files under `dir` (e.g. a storage folder).
+pub fn dir_size(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
