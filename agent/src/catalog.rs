@@ -1488,6 +1488,23 @@ impl Catalog {
         Ok(n as u64)
     }
 
+    /// Forgets that the server holds `ids` (it reported them missing: e.g. collected by the
+    /// server's garbage collector), so they are uploaded again.
+    pub fn forget_server_blobs(&mut self, ids: &[BlobId]) -> Result<u64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        {
+            let mut st = tx.prepare_cached("DELETE FROM server_blobs WHERE blob_id = ?1")?;
+            for id in ids {
+                n += st.execute([id.as_slice()])? as u64;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
     // ---- queue ---------------------------------------------------------------------------
 
     /// Queues (or re-queues) a path.

@@ -8,6 +8,7 @@
 //! * [`scan`] — the streaming scanner of one source root.
 //! * [`catalog`] — the local SQLite catalog (schema, migrations, crash-safe writes).
 //! * [`plan`] — scan merged with catalog: what changed since the last committed state.
+//! * [`pipeline`] — the backup pipeline: read, chunk, hash, dedup, seal, emit; the job delta.
 //! * [`cli`] — the `keepsake` command line.
 //! * [`relpath`] — paths relative to a source root as raw OS bytes.
 //! * [`units`] — byte sizes for people.
@@ -15,8 +16,14 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod client;
 pub mod exclude;
+pub mod home;
+pub mod pipeline;
 pub mod plan;
 pub mod relpath;
+pub mod restore;
 pub mod scan;
+pub mod sync;
 pub mod units;
+pub mod upload;

@@ -98,6 +98,9 @@ pub enum Change {
 pub trait PlanObserver {
     /// Called for every path classified.
     fn on_change(&mut self, _change: Change, _rel: &RelPath, _kind: EntryKind, _size: u64) {}
+    /// Called right after `on_change` for every entry the walk saw (not for deleted or
+    /// unverified rows), with its full metadata: what the backup pipeline needs to read it.
+    fn on_entry(&mut self, _change: Change, _entry: &Entry) {}
     /// Called every few thousand events.
     fn on_progress(&mut self, _totals: &PlanTotals) {}
 }
@@ -498,6 +501,7 @@ impl Planner<'_> {
         };
         tally.add(e.kind, e.size);
         self.observer.on_change(change, &e.rel, e.kind, e.size);
+        self.observer.on_entry(change, &e);
         if self.opts.probe_readable && e.kind == EntryKind::File && change != Change::Unchanged {
             if let Err(err) = probe_readable(&e.rel.under(self.root)) {
                 self.probe_issues += 1;

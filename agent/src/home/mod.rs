@@ -1,0 +1,265 @@
+//! The agent's home folder: its configuration (server URLs, identity, token), the organisation's
+//! keys, the catalog. Several agents can run side by side on one machine with different homes.
+//!
+//! ```text
+//! <home>/agent.toml      server URLs, organisation, agent id and name, agent token (mode 0600)
+//! <home>/keys.json       the organisation's public keys and chunk-ID key (mode 0600)
+//! <home>/secret-keys.json  the unsealed data identities — only when the organisation allows
+//!                        keeping them on disk (mode 0600); otherwise restores ask for the
+//!                        passphrase (or a paper key) each time
+//! <home>/catalog.db      the local catalog (see `catalog`)
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use keepsake_common::keys::{KeyBundle, OrgKeys, OrgPublicKeys, PaperKey};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// File name of the agent configuration.
+pub const CONFIG_FILE: &str = "agent.toml";
+/// File name of the organisation's public keys.
+pub const KEYS_FILE: &str = "keys.json";
+/// File name of the unsealed secret keys (only when allowed).
+pub const SECRET_KEYS_FILE: &str = "secret-keys.json";
+
+/// Errors of the home folder.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    /// The agent has not been enrolled (no configuration).
+    #[error(
+        "this agent is not enrolled (no {0}); run `keepsake enroll --server URL --token TOKEN`"
+    )]
+    NotEnrolled(PathBuf),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file has invalid contents.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The keys could not be unsealed or parsed.
+    #[error(transparent)]
+    Keys(#[from] keepsake_common::keys::KeyError),
+}
+
+/// `agent.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Server base URLs, tried in order (failover).
+    pub server_urls: Vec<String>,
+    /// The organisation this machine belongs to.
+    pub organization_id: Uuid,
+    /// The organisation's display name.
+    #[serde(default)]
+    pub organization_name: String,
+    /// This machine's agent id.
+    pub agent_id: Uuid,
+    /// This machine's name in the organisation.
+    pub agent_name: String,
+    /// The agent token (secret).
+    pub token: String,
+    /// Whether the organisation allows keeping the unsealed key on disk.
+    #[serde(default)]
+    pub allow_unsealed_key_on_disk: bool,
+}
+
+/// The agent's home folder.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
+    move |source| HomeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `data` to `path` atomically (temp file + rename), readable by the owner only.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), HomeError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(data).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(())
+}
+
+impl Home {
+    /// The home at `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Home {
+        Home { dir: dir.into() }
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of a file in the home.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Whether the agent is enrolled.
+    pub fn is_enrolled(&self) -> bool {
+        self.path(CONFIG_FILE).is_file()
+    }
+
+    /// Reads `agent.toml`.
+    pub fn config(&self) -> Result<AgentConfig, HomeError> {
+        let p = self.path(CONFIG_FILE);
+        let text = match fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(HomeError::NotEnrolled(p))
+            }
+            Err(e) => return Err(io_err(&p)(e)),
+        };
+        toml::from_str(&text).map_err(|e| HomeError::Invalid {
+            path: p,
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes `agent.toml`.
+    pub fn save_config(&self, cfg: &AgentConfig) -> Result<(), HomeError> {
+        let p = self.path(CONFIG_FILE);
+        let text = toml::to_string_pretty(cfg).map_err(|e| HomeError::Invalid {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+        write_private(&p, text.as_bytes())
+    }
+
+    /// The organisation's public keys (what backing up needs).
+    pub fn public_keys(&self) -> Result<OrgPublicKeys, HomeError> {
+        let p = self.path(KEYS_FILE);
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(HomeError::Invalid {
+                    path: p,
+                    message: "no keys yet: run `keepsake enroll` to set up or unlock the \
+                              organisation's keys"
+                        .into(),
+                })
+            }
+            Err(e) => return Err(io_err(&p)(e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| HomeError::Invalid {
+            path: p,
+            message: e.to_string(),
+        })
+    }
+
+    /// Stores the public keys.
+    pub fn save_public_keys(&self, keys: &OrgPublicKeys) -> Result<(), HomeError> {
+        let json = serde_json::to_vec_pretty(keys).map_err(|e| HomeError::Invalid {
+            path: self.path(KEYS_FILE),
+            message: e.to_string(),
+        })?;
+        write_private(&self.path(KEYS_FILE), &json)
+    }
+
+    /// The unsealed keys kept on disk, when there are any.
+    pub fn stored_secret_keys(&self) -> Result<Option<OrgKeys>, HomeError> {
+        let p = self.path(SECRET_KEYS_FILE);
+        match fs::read(&p) {
+            Ok(b) => Ok(Some(OrgKeys::from_secret_json(&b)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&p)(e)),
+        }
+    }
+
+    /// Keeps the unsealed keys on disk (only call when the organisation allows it).
+    pub fn save_secret_keys(&self, keys: &OrgKeys) -> Result<(), HomeError> {
+        let json = keys.to_secret_json()?;
+        write_private(&self.path(SECRET_KEYS_FILE), &json)
+    }
+
+    /// Removes unsealed keys from disk.
+    pub fn forget_secret_keys(&self) -> Result<(), HomeError> {
+        let p = self.path(SECRET_KEYS_FILE);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&p)(e)),
+        }
+    }
+}
+
+/// Where a passphrase or paper key comes from, for commands that run without a terminal.
+#[derive(Debug, Clone, Default)]
+pub struct SecretSource {
+    /// `--passphrase-file`.
+    pub passphrase_file: Option<PathBuf>,
+    /// `--paper-key-file`.
+    pub paper_key_file: Option<PathBuf>,
+}
+
+/// Environment variable holding the passphrase.
+pub const PASSPHRASE_ENV: &str = "KEEPSAKE_PASSPHRASE";
+
+impl SecretSource {
+    /// The passphrase: `--passphrase-file`, else `KEEPSAKE_PASSPHRASE`, else `None`.
+    pub fn passphrase(&self) -> Result<Option<String>, HomeError> {
+        if let Some(p) = &self.passphrase_file {
+            let text = fs::read_to_string(p).map_err(io_err(p))?;
+            let pass = text.trim_end_matches(['\r', '\n']).to_string();
+            if pass.is_empty() {
+                return Err(HomeError::Invalid {
+                    path: p.clone(),
+                    message: "the passphrase file is empty".into(),
+                });
+            }
+            return Ok(Some(pass));
+        }
+        Ok(std::env::var(PASSPHRASE_ENV).ok().filter(|p| !p.is_empty()))
+    }
+
+    /// Unseals `bundle` with the paper key if one is given, else with the passphrase.
+    pub fn unseal(&self, bundle: &KeyBundle) -> Result<OrgKeys, HomeError> {
+        if let Some(p) = &self.paper_key_file {
+            let text = fs::read_to_string(p).map_err(io_err(p))?;
+            let paper = PaperKey::parse(&text)?;
+            return Ok(bundle.unseal_with_identity(paper.identity())?);
+        }
+        match self.passphrase()? {
+            Some(pass) => Ok(bundle.unseal_with_passphrase(&pass)?),
+            None => Err(HomeError::Invalid {
+                path: PathBuf::from(PASSPHRASE_ENV),
+                message: format!(
+                    "the organisation's key bundle is locked: give the passphrase with \
+                     --passphrase-file FILE or {PASSPHRASE_ENV}, or a paper key with --paper-key-file"
+                ),
+            }),
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! End to end: a real `keepsake-server` process on 127.0.0.1 over a real PostgreSQL, local
+//! storage on disk, real `keepsake` agent processes — backups, restores, dedup, crashes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use keepsake_e2e::*;
+use keepsake_server::testkit::{self, TestDb};
+
+struct World {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    db: TestDb,
+    server: ServerProc,
+    rt: tokio::runtime::Runtime,
+}
+
+impl World {
+    fn new() -> World {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let db = rt.block_on(testkit::test_db());
+        let dir = tempfile::Builder::new()
+            .prefix("keepsake-e2e")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        let server = ServerProc::start(&db.url(), &root.join("server"), None);
+        World {
+            _dir: dir,
+            root,
+            db,
+            server,
+            rt,
+        }
+    }
+
+    /// `keepsake-server admin create-org` through the real binary.
+    fn create_org(&self, name: &str) -> serde_json::Value {
+        let out = std::process::Command::new(server_bin())
+            .args([
+                "admin",
+                "create-org",
+                name,
+                "--json",
+                "--database-url",
+                &self.db.url(),
+            ])
+            .arg("--data-dir")
+            .arg(self.root.join("server"))
+            .env("KEEPSAKE_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn enroll_token(&self, org: &str) -> String {
+        let out = std::process::Command::new(server_bin())
+            .args([
+                "admin",
+                "enroll-token",
+                "--org",
+                org,
+                "--json",
+                "--database-url",
+                &self.db.url(),
+            ])
+            .arg("--data-dir")
+            .arg(self.root.join("server"))
+            .env("KEEPSAKE_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    fn agent(&self, name: &str, token: &str) -> AgentHome {
+        let a = AgentHome::new(&self.root.join(format!("home-{name}")));
+        a.enroll(&self.server.url, token, name);
+        a
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        let p = self.root.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    fn storage(&self) -> PathBuf {
+        self.root.join("server/storage")
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        self.rt.block_on(async {
+            self.db
+                .owner()
+                .await
+                .query_one(sql, &[])
+                .await
+                .unwrap()
+                .get(0)
+        })
+    }
+}
+
+fn backup(a: &AgentHome, dir: &Path) -> serde_json::Value {
+    let v = a.json(&["backup", dir.to_str().unwrap()]);
+    v[0]["summary"].clone()
+}
+
+fn restore(a: &AgentHome, point: &str, to: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "restore",
+        "--point",
+        point,
+        "--to",
+        to.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    a.run(&args)
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let (ha, hb) = (tree_hashes(a), tree_hashes(b));
+    assert_eq!(ha.len(), hb.len(), "file count differs");
+    assert_eq!(ha, hb, "contents differ");
+}
+
+#[test]
+fn backup_restore_incremental_and_older_points() {
+    let w = World::new();
+    let org = w.create_org("Smith Photography");
+    let a = w.agent("laptop", org["enroll_token"].as_str().unwrap());
+    let shoot = w.dir("shoot");
+    write_shoot(&shoot, 1, 6, 3_000_000);
+
+    let s1 = backup(&a, &shoot);
+    let c1 = &s1["committed"];
+    assert_eq!(c1["seq"], 1, "{s1}");
+    assert!(s1["bytes_sent"].as_u64().unwrap() > 20_000_000);
+    let p1 = c1["recovery_point_id"].as_str().unwrap().to_string();
+
+    // Unchanged re-run: nothing read, nothing sent, no new point.
+    let t = Instant::now();
+    let again = backup(&a, &shoot);
+    assert!(again["committed"].is_null(), "{again}");
+    assert_eq!(again["bytes_sent"], 0);
+    assert_eq!(again["bytes_read"], 0);
+    eprintln!("unchanged re-run: {:?}", t.elapsed());
+
+    // Full restore: byte-identical, symlink and non-UTF-8 name included.
+    let out1 = w.dir("restore1");
+    let r = restore(&a, &p1, &out1, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_same_tree(&shoot, &out1);
+    let link = std::fs::read_link(out1.join("Catalog/link-to-dcim")).unwrap();
+    assert_eq!(link, PathBuf::from("../DCIM"));
+    let orig_mtime = std::fs::metadata(shoot.join("DCIM/100EOSR5/IMG_0001.CR3"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let rest_mtime = std::fs::metadata(out1.join("DCIM/100EOSR5/IMG_0001.CR3"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let diff = orig_mtime
+        .duration_since(rest_mtime)
+        .unwrap_or_else(|e| e.duration());
+    assert!(diff < Duration::from_micros(2), "mtime restored ({diff:?})");
+
+    // Next day: a sidecar edited, a photo added, a file deleted. Only new blobs travel.
+    let xmp = shoot.join("DCIM/100EOSR5/IMG_0002.xmp");
+    let old_xmp = std::fs::read(&xmp).unwrap();
+    std::fs::write(&xmp, b"<x:xmpmeta rating=\"5\">edited</x:xmpmeta>\n").unwrap();
+    std::fs::write(
+        shoot.join("DCIM/100EOSR5/IMG_0100.CR3"),
+        random_bytes(77, 1_000_000),
+    )
+    .unwrap();
+    std::fs::remove_file(shoot.join("DCIM/100EOSR5/IMG_0003.JPG")).unwrap();
+    let s2 = backup(&a, &shoot);
+    let c2 = &s2["committed"];
+    assert_eq!(
+        (
+            c2["seq"].as_i64(),
+            c2["files_added"].as_i64(),
+            c2["files_changed"].as_i64(),
+            c2["files_deleted"].as_i64()
+        ),
+        // Changed: the sidecar, and its folder (whose mtime moved).
+        (Some(2), Some(1), Some(2), Some(1)),
+        "{s2}"
+    );
+    let sent = s2["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent < 1_200_000,
+        "incremental sent {sent} bytes for ~1 MB of change"
+    );
+    let p2 = c2["recovery_point_id"].as_str().unwrap().to_string();
+
+    // The older point still restores the older content; the newer one the newer.
+    let old = w.dir("restore-old");
+    assert!(
+        restore(&a, &p1, &old, &["--path", "DCIM/100EOSR5/IMG_0002.xmp"])
+            .status
+            .success()
+    );
+    assert_eq!(
+        std::fs::read(old.join("DCIM/100EOSR5/IMG_0002.xmp")).unwrap(),
+        old_xmp
+    );
+    assert_eq!(tree_hashes(&old).len(), 1, "--path restores only that file");
+    let new = w.dir("restore-new");
+    assert!(restore(&a, &p2, &new, &[]).status.success());
+    assert_same_tree(&shoot, &new);
+
+    // Points and listing.
+    let points = a.json(&["points"]);
+    assert_eq!(points.as_array().unwrap().len(), 2);
+    let ls = a.ok(&["ls", "--point", &p2, "DCIM"]);
+    assert!(ls.contains("DCIM/100EOSR5/IMG_0100.CR3"), "{ls}");
+    assert!(!ls.contains("IMG_0003.JPG"), "{ls}");
+
+    // An interrupted restore resumes: complete files are skipped.
+    std::fs::remove_file(new.join("DCIM/100EOSR5/IMG_0001.CR3")).unwrap();
+    let r = restore(&a, "latest", &new, &[]);
+    assert!(r.status.success());
+    let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(rep["files_restored"], 1, "{rep}");
+    assert!(rep["files_skipped"].as_u64().unwrap() > 10);
+    assert_same_tree(&shoot, &new);
+
+    // A local file that differs is not overwritten without --overwrite.
+    std::fs::write(new.join("DCIM/100EOSR5/IMG_0000.xmp"), b"my local edit").unwrap();
+    assert!(restore(&a, &p2, &new, &[]).status.success());
+    assert_eq!(
+        std::fs::read(new.join("DCIM/100EOSR5/IMG_0000.xmp")).unwrap(),
+        b"my local edit"
+    );
+    assert_eq!(
+        std::fs::read(new.join("DCIM/100EOSR5/IMG_0000.xmp.restored")).unwrap(),
+        std::fs::read(shoot.join("DCIM/100EOSR5/IMG_0000.xmp")).unwrap()
+    );
+}
+
+#[test]
+fn dedup_across_machines_of_one_organisation_and_never_across_organisations() {
+    let w = World::new();
+    let org = w.create_org("Dedup Studio");
+    let other = w.create_org("Other Studio");
+    let laptop = w.agent("laptop", org["enroll_token"].as_str().unwrap());
+    let nas = w.agent("nas", &w.enroll_token(org["slug"].as_str().unwrap()));
+    let stranger = w.agent("stranger", other["enroll_token"].as_str().unwrap());
+    // The second machine unlocked the first machine's keys with the passphrase.
+    let k1: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(laptop.home.join("keys.json")).unwrap()).unwrap();
+    let k2: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(nas.home.join("keys.json")).unwrap()).unwrap();
+    assert_eq!(k1, k2);
+    assert!(
+        !nas.home.join("secret-keys.json").exists(),
+        "identity not kept on disk by default"
+    );
+
+    let a = w.dir("laptop-shoot");
+    write_shoot(&a, 5, 4, 2_000_000);
+    let b = w.dir("nas-copy");
+    write_shoot(&b, 5, 4, 2_000_000);
+    let s1 = backup(&laptop, &a);
+    let s2 = backup(&nas, &b);
+    let s3 = backup(&stranger, &b);
+    let (sent1, sent2, sent3) = (
+        s1["bytes_sent"].as_u64().unwrap(),
+        s2["bytes_sent"].as_u64().unwrap(),
+        s3["bytes_sent"].as_u64().unwrap(),
+    );
+    assert!(
+        sent2 < sent1 / 20,
+        "the same photos from a second machine: {sent2} vs {sent1}"
+    );
+    assert!(
+        sent3 > sent1 * 9 / 10,
+        "another organisation shares nothing: {sent3} vs {sent1}"
+    );
+    // The NAS's point restores on the laptop's side too (same organisation).
+    let p = s2["committed"]["recovery_point_id"].as_str().unwrap();
+    let out = w.dir("cross-restore");
+    assert!(restore(&laptop, p, &out, &[]).status.success());
+    assert_same_tree(&b, &out);
+    // The stranger cannot restore it.
+    let r = restore(&stranger, p, &w.dir("nope"), &[]);
+    assert!(!r.status.success());
+}
+
+fn wait_for_pack(storage: &Path, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let packs = walkdir::WalkDir::new(storage)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .count();
+        if packs > 0 {
+            return;
+        }
+        assert!(start.elapsed() < limit, "no pack uploaded within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn agent_killed_during_upload_and_at_commit_boundaries_loses_nothing() {
+    let w = World::new();
+    let org = w.create_org("Crash Test");
+    let a = w.agent("laptop", org["enroll_token"].as_str().unwrap());
+    let shoot = w.dir("shoot");
+    write_shoot(&shoot, 9, 30, 2_500_000);
+    let data = dir_size(&shoot);
+
+    // kill -9 while packs are uploading.
+    let mut child = a
+        .cmd()
+        .args(["backup", shoot.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_pack(&w.storage(), Duration::from_secs(60));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stored_before = w.count("SELECT count(*) FROM blobs");
+    assert!(stored_before > 0);
+
+    // Crash right before the commit, then right after it (before the catalog records it).
+    for point in ["before_commit", "after_commit"] {
+        let out = a
+            .cmd()
+            .env("KEEPSAKE_FAILPOINT", point)
+            .args(["backup", shoot.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "failpoint {point} must abort");
+    }
+    let committed = w.count("SELECT count(*) FROM recovery_points");
+    assert_eq!(
+        committed, 1,
+        "the after_commit crash happened after a real commit"
+    );
+
+    // The rerun finishes; blobs the server held were not uploaded again.
+    let s = backup(&a, &shoot);
+    let packs_rerun = s["packs"].as_u64().unwrap();
+    assert_eq!(packs_rerun, 0, "nothing left to upload: {s}");
+    // Every file is in the latest point, exactly once, and restores byte for byte.
+    let out = w.dir("restored");
+    assert!(restore(&a, "latest", &out, &[]).status.success());
+    assert_same_tree(&shoot, &out);
+    assert_eq!(
+        w.count(
+            "SELECT count(*) FROM backup_files WHERE valid_to_seq IS NULL AND entry_kind = 'file'"
+        ),
+        tree_hashes(&shoot).len() as i64
+    );
+    // No blob stored twice in the index; storage holds at most the aborted pack in excess.
+    assert_eq!(
+        w.count("SELECT count(*) FROM blobs"),
+        w.count("SELECT count(DISTINCT blob_id) FROM blobs")
+    );
+    let stored = dir_size(&w.storage());
+    assert!(
+        stored < data + data / 3,
+        "stored {stored} for {data} bytes of data"
+    );
+    // The job interrupted before its commit was abandoned, not committed.
+    assert_eq!(
+        w.count("SELECT count(*) FROM backup_jobs WHERE status = 'completed'"),
+        2
+    );
+}
+
+#[test]
+fn server_killed_during_upload_the_agent_retries_and_completes() {
+    let mut w = World::new();
+    let org = w.create_org("Outage");
+    let a = w.agent("laptop", org["enroll_token"].as_str().unwrap());
+    let shoot = w.dir("shoot");
+    write_shoot(&shoot, 11, 30, 2_500_000);
+    let child = a
+        .cmd()
+        .args(["backup", shoot.to_str().unwrap(), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_pack(&w.storage(), Duration::from_secs(60));
+    w.server.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    w.server.restart();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the agent must ride out a server restart"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = v[0]["summary"]["committed"]["recovery_point_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let restored = w.dir("restored");
+    assert!(restore(&a, &p, &restored, &[]).status.success());
+    assert_same_tree(&shoot, &restored);
+}
+
+#[test]
+fn a_flipped_byte_in_a_stored_pack_fails_that_file_only() {
+    let w = World::new();
+    let org = w.create_org("Bit Rot");
+    let a = w.agent("laptop", org["enroll_token"].as_str().unwrap());
+    let shoot = w.dir("shoot");
+    write_shoot(&shoot, 13, 3, 500_000);
+    let s = backup(&a, &shoot);
+    let p = s["committed"]["recovery_point_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Damage the blob of one RAW file inside its pack.
+    let (key, off): (String, i64) = w.rt.block_on(async {
+        let c = w.db.owner().await;
+        let r = c
+            .query_one(
+                "SELECT p.object_key, b.pack_offset FROM backup_files f \
+                 JOIN content_chunks cc ON cc.organization_id = f.organization_id AND cc.content_hash = f.content_hash \
+                 JOIN blobs b ON b.organization_id = cc.organization_id AND b.blob_id = cc.blob_id \
+                 JOIN packs p ON p.id = b.pack_id \
+                 WHERE f.path = 'DCIM/100EOSR5/IMG_0001.CR3' LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    });
+    let pack = w.storage().join(key);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[off as usize + 100] ^= 0x01;
+    std::fs::write(&pack, bytes).unwrap();
+
+    let out_dir = w.dir("restored");
+    let r = restore(&a, &p, &out_dir, &[]);
+    assert!(
+        !r.status.success(),
+        "a damaged blob must fail the restore loudly"
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let failures = rep["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{rep}");
+    assert_eq!(failures[0]["path"], "DCIM/100EOSR5/IMG_0001.CR3");
+    assert!(
+        !out_dir.join("DCIM/100EOSR5/IMG_0001.CR3").exists(),
+        "no torn file left"
+    );
+    let mut want = tree_hashes(&shoot);
+    want.remove(Path::new("DCIM/100EOSR5/IMG_0001.CR3"));
+    assert_eq!(
+        tree_hashes(&out_dir),
+        want,
+        "every other file restored intact"
+    );
+}
