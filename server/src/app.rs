@@ -43,7 +43,7 @@ pub struct PreparedDatabase {
 
 /// Brings the database up: starts (and on first run creates) the embedded cluster, or parses
 /// the configured URL. Blocking work runs off the async threads.
-pub async fn prepare_database(config: &Config) -> Result<PreparedDatabase, ServerError> {
+pub async fn prepare_database(config: &Config, own: bool) -> Result<PreparedDatabase, ServerError> {
     match &config.database {
         Database::Url(url) => {
             tracing::info!(database = %db::redact_url(url), "using configured PostgreSQL");
@@ -56,7 +56,7 @@ pub async fn prepare_database(config: &Config) -> Result<PreparedDatabase, Serve
             let root: PathBuf = config.data_dir.join("postgres");
             let cluster = tokio::task::spawn_blocking(move || {
                 let mut cluster = Cluster::init(&root, &ClusterOptions::default())?;
-                cluster.start()?;
+                cluster.start(own)?;
                 Ok::<_, embedded::EmbeddedError>(cluster)
             })
             .await
@@ -86,6 +86,27 @@ pub async fn prepare_database(config: &Config) -> Result<PreparedDatabase, Serve
             })
         }
     }
+}
+
+/// One serving process per data directory (its embedded cluster is not shared): an exclusive
+/// lock on `<data-dir>/server.lock`, released when the process exits, however it exits.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
+    use std::os::unix::io::AsRawFd;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("server.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(ServerError::Io(std::io::Error::other(format!(
+            "another keepsake-server is already serving {}",
+            dir.display()
+        ))));
+    }
+    Ok(f)
 }
 
 /// Applies pending migrations with the owner connection.
@@ -136,7 +157,11 @@ pub async fn start(
     config: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunningServer, ServerError> {
-    let database = prepare_database(&config).await?;
+    let _lock = match config.database {
+        Database::Embedded => Some(lock_data_dir(&config.data_dir)?),
+        Database::Url(_) => None,
+    };
+    let database = prepare_database(&config, true).await?;
     run_migrations(&database.owner_config).await?;
     let db = Db::new(database.owner_config.clone(), config.db_pool_size)?;
     // Fail fast if the application role cannot connect (e.g. migrations did not create it).
@@ -174,6 +199,7 @@ pub async fn start(
             }
             tracing::info!("shutting down: finishing in-flight requests");
         };
+        let _lock = _lock;
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;

@@ -56,7 +56,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Admin(cmd) => admin(cmd, config).await,
         Command::Migrate => {
-            let db = app::prepare_database(&config).await?;
+            let db = app::prepare_database(&config, false).await?;
             let applied = app::run_migrations(&db.owner_config).await?;
             for name in &applied {
                 println!("applied {name}");
@@ -73,7 +73,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 }
 
 async fn admin(cmd: AdminCommand, config: Config) -> anyhow::Result<()> {
-    let prepared = app::prepare_database(&config).await?;
+    let prepared = app::prepare_database(&config, false).await?;
     app::run_migrations(&prepared.owner_config).await?;
     let result = admin_inner(cmd, &config, &prepared.owner_config).await;
     if let Some(mut cluster) = prepared.cluster {

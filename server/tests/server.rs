@@ -114,7 +114,7 @@ async fn embedded_default_serves_probes_and_restarts_without_remigrating() {
 
     let mut cluster =
         Cluster::init(&dir.path().join("postgres"), &ClusterOptions::default()).expect("cluster");
-    cluster.start().expect("start");
+    cluster.start(true).expect("start");
     let client = db::connect_owner(&cluster.pg_config("keepsake"))
         .await
         .unwrap();
@@ -138,7 +138,7 @@ async fn stale_pid_file_after_a_crash_is_handled() {
     let root = dir.path().join("postgres");
     {
         let mut cluster = Cluster::init(&root, &ClusterOptions::default()).expect("init");
-        cluster.start().expect("start");
+        cluster.start(true).expect("start");
         cluster.stop().expect("stop");
     }
     // A pid file naming a process that no longer exists, as a power cut leaves it.
@@ -354,4 +354,47 @@ fn binary_reports_a_bad_config_file_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid config file"), "{err}");
     assert!(err.contains("no_such_key"), "{err}");
+}
+
+#[tokio::test]
+async fn admin_commands_share_a_serving_embedded_cluster_and_a_second_server_is_refused() {
+    let dir = data_dir();
+    let port = free_port();
+    let mut child = spawn_server(dir.path(), port);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base, Duration::from_secs(60)).await;
+    let out = Command::new(BIN)
+        .args(["admin", "create-org", "Side Studio", "--json"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("KEEPSAKE_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(created["enroll_token"]
+        .as_str()
+        .unwrap()
+        .starts_with("kse_"));
+    // The serving server still has its database after the admin command finished.
+    let (code, _) = get(&format!("{base}/readyz")).await;
+    assert_eq!(code, 200);
+    // A second server on the same data directory is refused.
+    let second = Command::new(BIN)
+        .args(["serve", "--bind", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("KEEPSAKE_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already serving"));
+    let (code, _) = get(&format!("{base}/readyz")).await;
+    assert_eq!(code, 200);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
 }

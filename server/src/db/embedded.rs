@@ -318,9 +318,21 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts the cluster, handling a stale `postmaster.pid` left by a crash.
-    pub fn start(&mut self) -> Result<(), EmbeddedError> {
-        self.clear_stale_pid()?;
+    /// Starts the cluster, handling a stale `postmaster.pid` left by a crash. When a postmaster
+    /// of this cluster is already running (the server was killed, or a `keepsake-server admin`
+    /// command runs next to a serving server), it is used as it is; `own` says whether this
+    /// process takes charge of stopping it (`serve` does, administration commands do not).
+    pub fn start(&mut self, own: bool) -> Result<(), EmbeddedError> {
+        if let Some(pid) = self.running_postmaster()? {
+            if own {
+                tracing::warn!(
+                    pid,
+                    "PostgreSQL from an earlier run is still running; using it"
+                );
+            }
+            self.started_by_us = own;
+            return self.wait_ready(Duration::from_secs(60));
+        }
         let mut cmd = self.command("pg_ctl");
         cmd.arg("start")
             .arg("-D")
@@ -348,32 +360,27 @@ impl Cluster {
         Err(EmbeddedError::Timeout(limit, self.log_file.clone()))
     }
 
-    /// A `postmaster.pid` whose process is gone (or is not a postgres of this data directory) is
-    /// left by a crash or power cut: remove it. A live postmaster of this directory (from a server
-    /// process that was killed) is stopped so that we start from a known state.
-    fn clear_stale_pid(&self) -> Result<(), EmbeddedError> {
+    /// The pid of a live postmaster of this cluster. A `postmaster.pid` whose process is gone
+    /// (or is not a postgres of this data directory) is left by a crash or power cut: it is
+    /// removed.
+    fn running_postmaster(&self) -> Result<Option<i32>, EmbeddedError> {
         let pid_file = self.data_dir.join("postmaster.pid");
         let Ok(text) = fs::read_to_string(&pid_file) else {
-            return Ok(());
+            return Ok(None);
         };
         let pid: i32 = text
             .lines()
             .next()
             .and_then(|l| l.trim().parse().ok())
             .unwrap_or(0);
+        // SAFETY: kill with signal 0 only checks that the process exists.
         let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
-        let ours = alive && process_is_postmaster_of(pid, &self.data_dir);
-        if ours {
-            tracing::warn!(
-                pid,
-                "a PostgreSQL from an earlier run is still running; stopping it"
-            );
-            self.stop_inner("immediate")?;
-        } else {
-            tracing::warn!(pid, path = %pid_file.display(), "removing stale PostgreSQL pid file");
-            fs::remove_file(&pid_file).map_err(io_err(&pid_file))?;
+        if alive && process_is_postmaster_of(pid, &self.data_dir) {
+            return Ok(Some(pid));
         }
-        Ok(())
+        tracing::warn!(pid, path = %pid_file.display(), "removing stale PostgreSQL pid file");
+        fs::remove_file(&pid_file).map_err(io_err(&pid_file))?;
+        Ok(None)
     }
 
     fn stop_inner(&self, mode: &str) -> Result<(), EmbeddedError> {

@@ -108,7 +108,11 @@ pub async fn apply(client: &mut Client) -> Result<Vec<String>, MigrateError> {
 }
 
 async fn apply_locked(client: &mut Client) -> Result<Vec<String>, MigrateError> {
-    client.batch_execute(CREATE_TABLE).await?;
+    client
+        .batch_execute(&format!(
+            "SET client_min_messages = warning; {CREATE_TABLE}; RESET client_min_messages"
+        ))
+        .await?;
     let st = status(client).await?;
     if let Some(name) = st.edited.first() {
         return Err(MigrateError::Edited(name.clone()));

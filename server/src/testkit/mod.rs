@@ -53,7 +53,7 @@ fn start_cluster() -> Result<TestCluster, String> {
             ra.name
         );
     }
-    cluster.start().map_err(|e| e.to_string())?;
+    cluster.start(true).map_err(|e| e.to_string())?;
     // Build the migrated template on a runtime of its own: a connection must not outlive the
     // runtime of the test that happened to start the cluster.
     let cfg = cluster.pg_config("postgres");
