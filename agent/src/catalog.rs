@@ -1488,6 +1488,64 @@ impl Catalog {
         Ok(n as u64)
     }
 
+    /// Files of `source` not yet committed in their current version: (count, bytes).
+    pub fn pending_files(&self, source: SourceId) -> Result<(u64, u64)> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT count(*), coalesce(sum(size), 0) FROM files
+              WHERE source_id = ?1 AND kind = 0 AND state IN ('pending', 'uploaded', 'error')",
+        )?;
+        let (n, b): (i64, i64) = st.query_row([source], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok((n.max(0) as u64, b.max(0) as u64))
+    }
+
+    /// Calls `f(path, size)` for up to `limit` regular files of `source` not yet committed in
+    /// their current version (in path order); returns how many it visited.
+    pub fn for_each_pending(
+        &self,
+        source: SourceId,
+        limit: u64,
+        mut f: impl FnMut(&[u8], u64),
+    ) -> Result<u64> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT path, size FROM files
+              WHERE source_id = ?1 AND kind = 0 AND state IN ('pending', 'uploaded', 'error')
+              ORDER BY path LIMIT ?2",
+        )?;
+        let mut rows = st.query(rusqlite::params![source, limit.min(i64::MAX as u64) as i64])?;
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            let path: Vec<u8> = r.get(0)?;
+            let size: i64 = r.get(1)?;
+            f(&path, size.max(0) as u64);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Regular files of `source` under `prefix` (raw relative path bytes, no trailing slash;
+    /// empty for the whole source) by state: (committed, not committed).
+    pub fn files_under(&self, source: SourceId, prefix: &[u8]) -> Result<(u64, u64)> {
+        let mut lo = prefix.to_vec();
+        let mut hi = prefix.to_vec();
+        if !prefix.is_empty() {
+            lo.push(b'/');
+            hi.push(b'0');
+        } else {
+            hi = vec![0xff; 1];
+        }
+        let mut st = self.conn.prepare_cached(
+            "SELECT count(*) FILTER (WHERE state = 'committed'),
+                    count(*) FILTER (WHERE state IN ('pending', 'uploaded', 'error'))
+               FROM files
+              WHERE source_id = ?1 AND kind = 0
+                AND ((path >= ?2 AND path < ?3) OR path = ?4)",
+        )?;
+        let (c, p): (i64, i64) = st.query_row(rusqlite::params![source, lo, hi, prefix], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok((c.max(0) as u64, p.max(0) as u64))
+    }
+
     /// Forgets that the server holds `ids` (it reported them missing: e.g. collected by the
     /// server's garbage collector), so they are uploaded again.
     pub fn forget_server_blobs(&mut self, ids: &[BlobId]) -> Result<u64> {

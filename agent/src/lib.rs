@@ -17,6 +17,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod client;
+pub mod daemon;
 pub mod exclude;
 pub mod home;
 pub mod pipeline;
@@ -27,3 +28,4 @@ pub mod scan;
 pub mod sync;
 pub mod units;
 pub mod upload;
+pub mod watch;

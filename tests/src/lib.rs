@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use keepsake_server::testkit::{self, TestDb};
 use rand::{Rng, SeedableRng};
 
 /// Path of a binary built from this package (`e2e-keepsake`, `e2e-keepsake-server`).
@@ -70,9 +71,20 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts a server process on `database_url` with its data (and storage) in `data_dir`.
     pub fn start(database_url: &str, data_dir: &Path, port: Option<u16>) -> ServerProc {
+        ServerProc::start_with(database_url, data_dir, port, &[])
+    }
+
+    /// Like `start`, with extra `serve` arguments (e.g. `--storage-dir` of another server).
+    pub fn start_with(
+        database_url: &str,
+        data_dir: &Path,
+        port: Option<u16>,
+        extra: &[&str],
+    ) -> ServerProc {
         let port = port.unwrap_or_else(free_port);
         let child = Command::new(server_bin())
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--database-url")
@@ -250,4 +262,119 @@ pub fn dir_size(dir: &Path) -> u64 {
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum()
+}
+
+/// A server process over a fresh test database, with helpers for organisations and agents.
+pub struct World {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub db: TestDb,
+    pub server: ServerProc,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        World::new()
+    }
+}
+
+impl World {
+    pub fn new() -> World {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let db = rt.block_on(testkit::test_db());
+        let dir = tempfile::Builder::new()
+            .prefix("keepsake-e2e")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        let server = ServerProc::start(&db.url(), &root.join("server"), None);
+        World {
+            _dir: dir,
+            root,
+            db,
+            server,
+            rt,
+        }
+    }
+
+    /// `keepsake-server admin create-org` through the real binary.
+    pub fn create_org(&self, name: &str) -> serde_json::Value {
+        let out = std::process::Command::new(server_bin())
+            .args([
+                "admin",
+                "create-org",
+                name,
+                "--json",
+                "--database-url",
+                &self.db.url(),
+            ])
+            .arg("--data-dir")
+            .arg(self.root.join("server"))
+            .env("KEEPSAKE_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn enroll_token(&self, org: &str) -> String {
+        let out = std::process::Command::new(server_bin())
+            .args([
+                "admin",
+                "enroll-token",
+                "--org",
+                org,
+                "--json",
+                "--database-url",
+                &self.db.url(),
+            ])
+            .arg("--data-dir")
+            .arg(self.root.join("server"))
+            .env("KEEPSAKE_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    pub fn agent(&self, name: &str, token: &str) -> AgentHome {
+        let a = AgentHome::new(&self.root.join(format!("home-{name}")));
+        a.enroll(&self.server.url, token, name);
+        a
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let p = self.root.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.root.join("server/storage")
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.rt.block_on(async {
+            self.db
+                .owner()
+                .await
+                .query_one(sql, &[])
+                .await
+                .unwrap()
+                .get(0)
+        })
+    }
 }

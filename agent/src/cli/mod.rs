@@ -9,6 +9,7 @@
 //! Exit codes: 0 success; 1 failure; 2 usage error; 3 the scan (or pack) completed but some
 //! paths could not be read (listed in the output).
 
+mod daemon_cmds;
 mod remote;
 
 use std::ffi::OsString;
@@ -92,6 +93,10 @@ pub enum Command {
     Restore(remote::RestoreArgs),
     /// Show which organisation and server this agent uses.
     Whoami,
+    /// Run the daemon: watch the folders and back them up continuously.
+    Run(daemon_cmds::RunArgs),
+    /// Show the daemon's state, or whether a folder is safe on the server (`--path`).
+    Status(daemon_cmds::StatusArgs),
     /// Back up PATH offline into a folder: encrypted packs (framed blob streams) and the job
     /// delta, without a server. Every file is included (a full snapshot); the catalog is not
     /// touched.
@@ -246,7 +251,16 @@ where
             return Ok(code);
         }
     };
-    init_logging(cli.log_level.as_deref())?;
+    let log_file = match &cli.command {
+        Command::Run(a) => a.log_file.clone(),
+        _ => None,
+    };
+    // The daemon logs what it does by default; one-shot commands only warnings.
+    let level = cli.log_level.clone().or_else(|| {
+        (matches!(cli.command, Command::Run(_)) && std::env::var_os("RUST_LOG").is_none())
+            .then(|| "info".to_string())
+    });
+    init_logging(level.as_deref(), log_file.as_deref())?;
     let home = resolve_home(cli.home.clone())?;
     match cli.command {
         Command::Scan(args) => cmd_scan(&home, args, out),
@@ -260,16 +274,31 @@ where
         Command::Ls(args) => remote::cmd_ls(&home, args, out),
         Command::Restore(args) => remote::cmd_restore(&home, args, out),
         Command::Whoami => remote::cmd_whoami(&home, out),
+        Command::Run(args) => daemon_cmds::cmd_run(&home, args, out),
+        Command::Status(args) => daemon_cmds::cmd_status(&home, args, out),
     }
 }
 
-fn init_logging(level: Option<&str>) -> anyhow::Result<()> {
+fn init_logging(level: Option<&str>, file: Option<&Path>) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::try_new(l).with_context(|| format!("invalid --log-level {l:?}"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
     };
     // A second call (tests running several commands in one process) keeps the first subscriber.
+    if let Some(path) = file {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open the log file {}", path.display()))?;
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .with_env_filter(filter)
+            .try_init();
+        return Ok(());
+    }
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)

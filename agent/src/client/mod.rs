@@ -338,6 +338,17 @@ impl ApiClient {
         .map(|_| ())
     }
 
+    /// `GET /v1/policy`.
+    pub fn policy(&self) -> Result<AgentPolicy, ClientError> {
+        self.get_json("/v1/policy")
+    }
+
+    /// `POST /v1/heartbeat`.
+    pub fn heartbeat(&self, hb: &Heartbeat) -> Result<(), ClientError> {
+        self.send(Method::POST, "/v1/heartbeat", |rb| Ok(rb.json(hb)))
+            .map(|_| ())
+    }
+
     /// `GET /v1/points`.
     pub fn points(
         &self,

@@ -34,6 +34,11 @@ use crate::scan::{Entry, EntryKind, ScanOptions};
 /// Chooses a file's priority (e.g. wedding-critical folders first).
 pub type PriorityFn = Arc<dyn Fn(&RelPath) -> Priority + Send + Sync>;
 
+/// Decides whether a new or modified file is taken in this run. A deferred file is left
+/// uncommitted in the catalog, so the next run takes it: the daemon defers files that have not
+/// settled yet (modified within the settle window), and runs wedding-critical files first.
+pub type SelectFn = Arc<dyn Fn(&Entry) -> bool + Send + Sync>;
+
 /// Options of [`backup_to_sink`].
 #[derive(Clone)]
 pub struct BackupOptions {
@@ -54,6 +59,8 @@ pub struct BackupOptions {
     pub journal: bool,
     /// Priority of each file (default: all normal).
     pub priority: Option<PriorityFn>,
+    /// Which new or modified files this run takes (default: all).
+    pub select: Option<SelectFn>,
     /// Failures listed in the report (all are counted).
     pub max_listed_failures: usize,
 }
@@ -75,6 +82,7 @@ impl BackupOptions {
             delta_limits: DeltaLimits::default(),
             journal: true,
             priority: None,
+            select: None,
             max_listed_failures: 1000,
         }
     }
@@ -144,6 +152,8 @@ pub struct BackupReport {
     pub failures: Vec<FileError>,
     /// Entries that could not be written to the delta (counted in `files_failed` for files).
     pub entry_errors: u64,
+    /// New or modified files left for a later run by `BackupOptions::select`.
+    pub files_deferred: u64,
     /// The pipeline's counters (bytes read, blobs emitted, new bytes, stage times).
     pub pipeline: PipelineStats,
     /// Reader and sealer threads.
@@ -261,6 +271,8 @@ struct Feeder<'a, 'b> {
     pipeline: &'a mut Pipeline,
     collector: &'a mut Collector<'b>,
     priority: Option<PriorityFn>,
+    select: Option<SelectFn>,
+    deferred: u64,
 }
 
 impl PlanObserver for Feeder<'_, '_> {
@@ -276,6 +288,9 @@ impl PlanObserver for Feeder<'_, '_> {
             return;
         }
         match e.kind {
+            EntryKind::File if self.select.as_ref().is_some_and(|f| !f(e)) => {
+                self.deferred += 1;
+            }
             EntryKind::File => {
                 let prio = self
                     .priority
@@ -340,21 +355,24 @@ pub fn backup_to_sink(
         entry_errors: 0,
         fatal: None,
     };
-    let plan_result = {
+    let (plan_result, files_deferred) = {
         let mut feeder = Feeder {
             root,
             pipeline: &mut pipeline,
             collector: &mut collector,
             priority: opts.priority.clone(),
+            select: opts.select.clone(),
+            deferred: 0,
         };
-        plan::run(
+        let r = plan::run(
             catalog,
             root,
             matcher,
             opts.scan.clone(),
             &opts.plan,
             &mut feeder,
-        )
+        );
+        (r, feeder.deferred)
     };
     if plan_result.is_err() || collector.fatal.is_some() {
         pipeline.abort();
@@ -380,6 +398,7 @@ pub fn backup_to_sink(
         failed_by_kind: collector.failed_by_kind,
         failures: collector.failures,
         entry_errors: collector.entry_errors,
+        files_deferred,
         pipeline: stats,
         threads,
         delta,

@@ -72,7 +72,7 @@ use crate::scan::Entry;
 
 pub use backup::{
     backup_to_sink, process_cpu_time, BackupError, BackupObserver, BackupOptions, BackupReport,
-    NoBackupObserver, PriorityFn,
+    NoBackupObserver, PriorityFn, SelectFn,
 };
 pub use delta::{
     CommitJournal, DeltaBuildError, DeltaBuilder, DeltaLimits, DeltaOutput, DeltaPart,

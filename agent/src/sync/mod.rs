@@ -18,7 +18,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, WriterLock};
-use crate::client::{ApiClient, ClientError, CommitAnswer};
+use crate::client::{ApiClient, ClientError, CommitAnswer, RetryPolicy};
 use crate::exclude::Matcher;
 use crate::home::{AgentConfig, Home, HomeError, SecretSource};
 use crate::pipeline::{backup_to_sink, BackupError, BackupObserver, BackupOptions, BackupReport};
@@ -222,8 +222,20 @@ fn setup_keys(
 
 /// An API client for an enrolled home.
 pub fn client_for(home: &Home) -> Result<(AgentConfig, Arc<ApiClient>), SyncError> {
+    client_with_retry(home, None)
+}
+
+/// An API client for an enrolled home with its own retry policy (the daemon gives up sooner
+/// and applies its own backoff, so it keeps scanning and reporting while the server is away).
+pub fn client_with_retry(
+    home: &Home,
+    retry: Option<RetryPolicy>,
+) -> Result<(AgentConfig, Arc<ApiClient>), SyncError> {
     let cfg = home.config()?;
-    let client = ApiClient::new(cfg.server_urls.clone(), Some(cfg.token.clone()))?;
+    let mut client = ApiClient::new(cfg.server_urls.clone(), Some(cfg.token.clone()))?;
+    if let Some(r) = retry {
+        client = client.with_retry(r);
+    }
     Ok((cfg, Arc::new(client)))
 }
 
@@ -242,6 +254,10 @@ pub struct SyncBackupOptions {
     pub max_attempts: u32,
     /// Adjusts the pipeline/plan options before the run.
     pub tune: Option<TuneFn>,
+    /// Upload limit in kbit/s.
+    pub bandwidth_kbps: Option<u32>,
+    /// How long requests are retried before the run fails (default: the client's).
+    pub retry: Option<RetryPolicy>,
 }
 
 impl SyncBackupOptions {
@@ -253,6 +269,8 @@ impl SyncBackupOptions {
             wedding_critical: false,
             max_attempts: 3,
             tune: None,
+            bandwidth_kbps: None,
+            retry: None,
         }
     }
 }
@@ -268,6 +286,8 @@ pub struct BackupSummary {
     pub files_backed_up: u64,
     /// Files that could not be backed up.
     pub files_failed: u64,
+    /// Changed files left for a later run (not settled yet, or not selected).
+    pub files_deferred: u64,
     /// Bytes read from disk.
     pub bytes_read: u64,
     /// Sealed bytes new to this run (after dedup and compression).
@@ -295,7 +315,7 @@ pub fn backup(
     observer: &mut dyn BackupObserver,
 ) -> Result<BackupSummary, SyncError> {
     let started = Instant::now();
-    let (_, client) = client_for(home)?;
+    let (_, client) = client_with_retry(home, opts.retry)?;
     let keys = home.public_keys()?;
     let root = std::fs::canonicalize(root)
         .map_err(|e| SyncError::Other(format!("{}: {e}", root.display())))?;
@@ -312,6 +332,7 @@ pub fn backup(
         files: 0,
         files_backed_up: 0,
         files_failed: 0,
+        files_deferred: 0,
         bytes_read: 0,
         bytes_new: 0,
         bytes_sent: 0,
@@ -390,6 +411,7 @@ fn run_once(
     }
     let sink = Arc::new(
         UploadSink::new(client.clone(), catalog_path, opts.pack_bytes)
+            .map(|s| s.with_rate_limit(opts.bandwidth_kbps.map(|k| u64::from(k) * 1000 / 8)))
             .map_err(|e| SyncError::Other(e.to_string()))?,
     );
     let report = backup_to_sink(
@@ -406,6 +428,7 @@ fn run_once(
     summary.files = report.delta.entries;
     summary.files_backed_up = report.files_backed_up;
     summary.files_failed = report.files_failed;
+    summary.files_deferred = report.files_deferred;
     summary.bytes_read += report.bytes_backed_up;
     summary.bytes_new += report.pipeline.cipher_bytes_emitted;
     summary.bytes_sent += stats.bytes_sent.load(Relaxed);

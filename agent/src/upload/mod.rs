@@ -56,6 +56,7 @@ pub struct UploadSink {
     pack_bytes: usize,
     tx: Mutex<Option<SyncSender<Vec<SealedBlob>>>>,
     uploader: Mutex<Option<JoinHandle<Result<(), String>>>>,
+    rate: Arc<std::sync::atomic::AtomicU64>,
     /// Counters.
     pub stats: Arc<UploadStats>,
 }
@@ -79,11 +80,24 @@ impl UploadSink {
         let stats = Arc::new(UploadStats::default());
         let (tx, rx): (SyncSender<Vec<SealedBlob>>, Receiver<Vec<SealedBlob>>) = sync_channel(1);
         let st = stats.clone();
+        let rate = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let up_rate = rate.clone();
         let uploader = std::thread::Builder::new()
             .name("keepsake-upload".into())
             .spawn(move || {
                 while let Ok(batch) = rx.recv() {
+                    let started = std::time::Instant::now();
+                    let sent_before = st.bytes_sent.load(Ordering::Relaxed);
                     upload_batch(&client, &mut record_db, batch, &st)?;
+                    // Bandwidth limit: wait until the batch took as long as the limit allows.
+                    let limit = up_rate.load(Ordering::Relaxed);
+                    if limit > 0 {
+                        let sent = st.bytes_sent.load(Ordering::Relaxed) - sent_before;
+                        let due = std::time::Duration::from_secs_f64(sent as f64 / limit as f64);
+                        if let Some(rest) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(rest);
+                        }
+                    }
                 }
                 Ok(())
             })
@@ -99,8 +113,19 @@ impl UploadSink {
             pack_bytes: pack_bytes.max(1),
             tx: Mutex::new(Some(tx)),
             uploader: Mutex::new(Some(uploader)),
+            rate,
             stats,
         })
+    }
+
+    /// Limits uploads to `bytes_per_sec` on average (smaller packs, paced).
+    pub fn with_rate_limit(mut self, bytes_per_sec: Option<u64>) -> UploadSink {
+        if let Some(r) = bytes_per_sec.filter(|r| *r > 0) {
+            self.rate.store(r, Ordering::Relaxed);
+            // Packs of a few seconds' worth keep the pacing smooth.
+            self.pack_bytes = self.pack_bytes.min((r as usize * 4).max(256 * 1024));
+        }
+        self
     }
 
     fn send(&self, batch: Vec<SealedBlob>) -> Result<(), SinkError> {

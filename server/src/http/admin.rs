@@ -37,7 +37,7 @@ pub async fn whoami(p: Principal) -> Json<WhoAmI> {
 }
 
 /// Admin or owner of the caller's organisation?
-async fn require_manager(st: &AppState, p: &Principal) -> Result<(), ApiError> {
+pub(crate) async fn require_manager(st: &AppState, p: &Principal) -> Result<(), ApiError> {
     let state = st;
     require_user(p)?;
     let role: Option<String> = in_tx!(state, &p.actor(), |tx| {

@@ -11,6 +11,7 @@ mod health;
 mod jobs;
 mod keys;
 mod points;
+mod policy;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -197,6 +198,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}/commit", post(jobs::commit))
         .route("/v1/jobs/{id}/fail", post(jobs::fail))
+        .route("/v1/policy", get(policy::get_policy))
+        .route("/v1/heartbeat", post(policy::heartbeat))
+        .route("/v1/exclusions", post(policy::add_exclusion))
+        .route("/v1/exclusions/{id}", delete(policy::delete_exclusion))
+        .route("/v1/wedding-critical", post(policy::add_critical))
+        .route("/v1/vendor-config", put(policy::put_vendor_config))
+        .route("/v1/schedules", post(policy::add_schedule))
         .route("/v1/points", get(points::list_points))
         .route("/v1/points/{id}", get(points::get_point))
         .route("/v1/points/{id}/files", get(points::list_files))

@@ -1,0 +1,853 @@
+//! `keepsake run`: the long-running daemon.
+//!
+//! It watches every source ([`crate::watch`]), and when a source changed (or a scan is due) it
+//! runs a backup of that source through the sync protocol. Each run rescans the source against the
+//! catalog — cheap when little changed — so a missed notification only delays a change. Files
+//! that have not settled (modified within the settle window) are deferred to a later run, so a
+//! card dump streams through in small commits without a file ever being committed half-written.
+//! Wedding-critical files (rules from the server) go in a first pass with its own commit; within
+//! a pass, originals go before sidecars.
+//!
+//! Offline, runs fail and are retried with exponential backoff and jitter while the catalog keeps
+//! what is pending; the client fails over between server URLs. The policy (exclusions,
+//! wedding-critical rules, schedules, settle window, bandwidth limit, upload window) is pulled from
+//! the server periodically and applied without a restart. A heartbeat reports the daemon's state.
+//! SIGTERM/SIGINT stop it after the run in progress. One daemon per home (a lock file).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use keepsake_common::api::{AgentPolicy, Heartbeat};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, Priority, WriterLock};
+use crate::client::RetryPolicy;
+use crate::exclude::{ExcludeConfig, Matcher, RuleList};
+use crate::home::{write_private, Home};
+use crate::relpath::RelPath;
+use crate::scan::Entry;
+use crate::sync::{self, SyncBackupOptions, SyncError, CATALOG_FILE};
+use crate::watch::{SourceWatcher, WatchEvent};
+
+/// Lock file held by the running daemon.
+pub const DAEMON_LOCK: &str = "daemon.lock";
+/// Status file the daemon keeps current (read by `keepsake status`).
+pub const STATUS_FILE: &str = "status.json";
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another daemon runs on this home.
+    #[error("another keepsake daemon is running with this home ({0})")]
+    AlreadyRunning(String),
+    /// Nothing to watch.
+    #[error("no folder to back up: give one, e.g. `keepsake run ~/Pictures/Weddings`")]
+    NoSources,
+    /// Setup failed.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// Catalog failure.
+    #[error("catalog: {0}")]
+    Catalog(#[from] crate::catalog::CatalogError),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Tunables of the daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// A file is taken once unchanged this long (the server's vendor setting overrides it).
+    pub settle: Duration,
+    /// Quiet time after the last event before a run starts.
+    pub debounce: Duration,
+    /// Full rescans of every source this often (and of unwatched sources).
+    pub rescan_interval: Duration,
+    /// How often the policy is pulled.
+    pub policy_interval: Duration,
+    /// How often a heartbeat is sent.
+    pub heartbeat_interval: Duration,
+    /// Use filesystem notifications.
+    pub watch: bool,
+    /// Upload limit in kbit/s (the server's vendor setting applies when this is `None`).
+    pub bandwidth_kbps: Option<u32>,
+    /// Longest wait between retries while offline.
+    pub max_backoff: Duration,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions {
+            settle: Duration::from_secs(5),
+            debounce: Duration::from_millis(500),
+            rescan_interval: Duration::from_secs(15 * 60),
+            policy_interval: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(60),
+            watch: true,
+            bandwidth_kbps: None,
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Per-source state shown by `keepsake status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceStatus {
+    /// The folder.
+    pub root: PathBuf,
+    /// Whether notifications work for it.
+    pub watched: bool,
+    /// Last successful commit.
+    pub last_commit_at: Option<DateTime<Utc>>,
+    /// Its sequence number.
+    pub last_seq: Option<i64>,
+    /// Files waiting (changed, not yet committed).
+    pub pending_files: u64,
+    /// Their bytes.
+    pub pending_bytes: u64,
+    /// Wedding-critical files waiting (also counted in `queue`).
+    pub pending_critical: u64,
+    /// The waiting files by class, in the order they are taken.
+    #[serde(default)]
+    pub queue: QueueByClass,
+    /// Last error, while it lasts.
+    pub last_error: Option<String>,
+}
+
+/// Files and bytes of one class of waiting work.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClassCount {
+    /// Files.
+    pub files: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Waiting work by class: wedding-critical first, then originals, then sidecars.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueByClass {
+    /// Matching an active wedding-critical rule.
+    pub critical: ClassCount,
+    /// Photos, videos and everything else that is not a sidecar.
+    pub originals: ClassCount,
+    /// Sidecars and small descriptive files (XMP, THM, ...), taken after their originals.
+    pub sidecars: ClassCount,
+    /// Files not classified because the queue is longer than the status looks at (counted
+    /// with the originals).
+    pub unclassified: u64,
+}
+
+/// How many waiting files the status classifies (the rest counts as originals).
+const CLASSIFY_LIMIT: u64 = 200_000;
+
+/// The daemon's status file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Process id.
+    pub pid: u32,
+    /// `idle`, `backing_up`, `offline`, `paused`, `stopping`, `stopped`.
+    pub state: String,
+    /// When this was written.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Last successful commit of any source.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// The sources.
+    pub sources: Vec<SourceStatus>,
+    /// Whether the server says the organisation is in wedding season.
+    pub in_wedding_season: bool,
+}
+
+struct SourceState {
+    root: PathBuf,
+    dirty: bool,
+    last_event: Option<Instant>,
+    next_run: Instant,
+    failures: u32,
+    last_full_scan: Instant,
+    status: SourceStatus,
+}
+
+/// Extensions of files that describe others (run after the originals of their class).
+const SIDECARS: &[&str] = &[
+    "xmp", "xml", "thm", "json", "txt", "aae", "lrv", "cos", "pp3", "dop",
+];
+
+fn extension_lower(rel: &RelPath) -> Option<String> {
+    let b = rel.as_bytes();
+    let name = b.rsplit(|c| *c == b'/').next()?;
+    let dot = name.iter().rposition(|c| *c == b'.')?;
+    std::str::from_utf8(&name[dot + 1..])
+        .ok()
+        .map(|s| s.to_ascii_lowercase())
+}
+
+fn rel_as_path(rel: &RelPath) -> PathBuf {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        PathBuf::from(std::ffi::OsStr::from_bytes(rel.as_bytes()))
+    }
+    #[cfg(not(unix))]
+    {
+        PathBuf::from(rel.display().into_owned())
+    }
+}
+
+/// Matches wedding-critical path patterns (gitignore syntax, relative to the source root).
+fn critical_matcher(
+    policy: &AgentPolicy,
+    server_source: Option<&str>,
+) -> Option<Arc<ignore::gitignore::Gitignore>> {
+    let mut b = ignore::gitignore::GitignoreBuilder::new("");
+    let mut any = false;
+    for rule in policy.critical.iter().filter(|r| r.active) {
+        if let (Some(s), Some(mine)) = (rule.source_id, server_source) {
+            if s.to_string() != mine {
+                continue;
+            }
+        }
+        for p in &rule.path_patterns {
+            if b.add_line(None, p).is_ok() {
+                any = true;
+            }
+        }
+    }
+    if !any {
+        return None;
+    }
+    b.build().ok().map(Arc::new)
+}
+
+fn is_critical(g: &ignore::gitignore::Gitignore, rel: &RelPath) -> bool {
+    g.matched_path_or_any_parents(rel_as_path(rel), false)
+        .is_ignore()
+}
+
+/// The class of a file: sidecars go last (after the originals they describe, even in a
+/// wedding-critical folder), then wedding-critical originals first, then the rest.
+fn classify(critical: Option<&ignore::gitignore::Gitignore>, rel: &RelPath) -> Priority {
+    if extension_lower(rel).is_some_and(|x| SIDECARS.contains(&x.as_str())) {
+        Priority::Low
+    } else if critical.is_some_and(|g| is_critical(g, rel)) {
+        Priority::Critical
+    } else {
+        Priority::Normal
+    }
+}
+
+/// Policy and heartbeat requests: one quick try; the next interval tries again.
+const QUICK: RetryPolicy = RetryPolicy {
+    base: Duration::from_millis(200),
+    max_delay: Duration::from_millis(500),
+    give_up_after: Duration::from_secs(2),
+};
+
+/// Backup runs ride out a short blip (a server restart) inside the run; longer outages fail
+/// the run so the daemon reports "offline", keeps scanning, and retries with its own backoff.
+const BACKUP_RETRY: RetryPolicy = RetryPolicy {
+    base: Duration::from_millis(200),
+    max_delay: Duration::from_secs(2),
+    give_up_after: Duration::from_secs(10),
+};
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether `now` (local time) is inside the daily window `start`–`end` (`HH:MM`, may wrap).
+pub fn in_window(start: &str, end: &str, now: chrono::NaiveTime) -> bool {
+    let parse = |s: &str| chrono::NaiveTime::parse_from_str(s, "%H:%M").ok();
+    match (parse(start), parse(end)) {
+        (Some(s), Some(e)) if s <= e => now >= s && now < e,
+        (Some(s), Some(e)) => now >= s || now < e,
+        _ => true,
+    }
+}
+
+/// The daemon.
+pub struct Daemon {
+    home: Home,
+    opts: DaemonOptions,
+    stop: Arc<AtomicBool>,
+    sources: Vec<SourceState>,
+    policy: Option<AgentPolicy>,
+    schedules: Vec<(croner::Cron, DateTime<Utc>)>,
+    state: String,
+    last_success: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    _lock: std::fs::File,
+}
+
+fn lock_daemon(home: &Home) -> Result<std::fs::File, DaemonError> {
+    use std::os::unix::io::AsRawFd;
+    std::fs::create_dir_all(home.dir()).map_err(|e| DaemonError::Other(e.to_string()))?;
+    let path = home.path(DAEMON_LOCK);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| DaemonError::Other(format!("{}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let pid = std::fs::read_to_string(&path).unwrap_or_default();
+        return Err(DaemonError::AlreadyRunning(format!("pid {}", pid.trim())));
+    }
+    let _ = f.set_len(0);
+    let _ = write!(f, "{}", std::process::id());
+    Ok(f)
+}
+
+impl Daemon {
+    /// Prepares the daemon: takes the lock, registers `roots` as sources (in addition to those
+    /// already in the catalog).
+    pub fn new(
+        home: Home,
+        roots: Vec<PathBuf>,
+        opts: DaemonOptions,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Daemon, DaemonError> {
+        let lock = lock_daemon(&home)?;
+        home.config().map_err(SyncError::from)?;
+        home.public_keys().map_err(SyncError::from)?;
+        let mut all: Vec<PathBuf> = Vec::new();
+        {
+            let _w = WriterLock::acquire(&home.path(sync::LOCK_FILE))?;
+            let mut catalog = Catalog::open(&home.path(CATALOG_FILE))?;
+            for r in roots {
+                let c = std::fs::canonicalize(&r)
+                    .map_err(|e| DaemonError::Other(format!("{}: {e}", r.display())))?;
+                if !c.is_dir() {
+                    return Err(DaemonError::Other(format!(
+                        "{} is not a folder",
+                        c.display()
+                    )));
+                }
+                catalog.ensure_source(&c, None)?;
+            }
+            for s in catalog.sources()? {
+                if !all.contains(&s.root) {
+                    all.push(s.root);
+                }
+            }
+        }
+        if all.is_empty() {
+            return Err(DaemonError::NoSources);
+        }
+        let now = Instant::now();
+        let sources = all
+            .into_iter()
+            .map(|root| SourceState {
+                status: SourceStatus {
+                    root: root.clone(),
+                    watched: true,
+                    ..SourceStatus::default()
+                },
+                root,
+                // Reconcile every source against the catalog at start.
+                dirty: true,
+                last_event: None,
+                next_run: now,
+                failures: 0,
+                last_full_scan: now,
+            })
+            .collect();
+        Ok(Daemon {
+            home,
+            opts,
+            stop,
+            sources,
+            policy: None,
+            schedules: Vec::new(),
+            state: "idle".into(),
+            last_success: None,
+            last_error: None,
+            _lock: lock,
+        })
+    }
+
+    /// Runs until stopped.
+    pub fn run(&mut self) -> Result<(), DaemonError> {
+        let roots: Vec<PathBuf> = self.sources.iter().map(|s| s.root.clone()).collect();
+        let home_dir = std::fs::canonicalize(self.home.dir())
+            .unwrap_or_else(|_| self.home.dir().to_path_buf());
+        let (watcher, events) = if self.opts.watch {
+            SourceWatcher::start(&roots, vec![home_dir])
+        } else {
+            SourceWatcher::disabled(roots.len())
+        };
+        for (i, why) in &watcher.unwatched {
+            self.sources[*i].status.watched = false;
+            tracing::info!(root = %roots[*i].display(), why, "source not watched: periodic scans only");
+        }
+        let mut next_policy = Instant::now();
+        let mut next_heartbeat = Instant::now();
+        tracing::info!(sources = roots.len(), "keepsake daemon running");
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= next_policy {
+                self.refresh_policy();
+                next_policy = now + self.opts.policy_interval;
+            }
+            self.check_schedules();
+            // Periodic full rescans (all sources; unwatched ones more often, and everything
+            // twice as often in the organisation's wedding season).
+            let season = self.policy.as_ref().is_some_and(|p| p.in_wedding_season);
+            for s in &mut self.sources {
+                let mut every = if s.status.watched {
+                    self.opts.rescan_interval
+                } else {
+                    self.opts.rescan_interval.min(Duration::from_secs(60))
+                };
+                if season {
+                    every /= 2;
+                }
+                if now.duration_since(s.last_full_scan) >= every {
+                    s.dirty = true;
+                    s.last_full_scan = now;
+                }
+            }
+            let due = self.sources.iter().position(|s| {
+                s.dirty
+                    && now >= s.next_run
+                    && s.last_event
+                        .is_none_or(|t| now.duration_since(t) >= self.opts.debounce)
+            });
+            if let Some(i) = due {
+                if self.upload_window_open() {
+                    self.run_source(i);
+                } else {
+                    self.state = "paused".into();
+                    self.sources[i].next_run = Instant::now() + Duration::from_secs(30);
+                }
+                self.write_status();
+            }
+            if Instant::now() >= next_heartbeat {
+                self.send_heartbeat();
+                self.write_status();
+                next_heartbeat = Instant::now() + self.opts.heartbeat_interval;
+            }
+            // Wait for events until the next deadline (at most half a second, to notice stop).
+            let wait = self
+                .next_deadline()
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(500));
+            match events.recv_timeout(wait.max(Duration::from_millis(20))) {
+                Ok(ev) => self.on_event(ev),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(wait.max(Duration::from_millis(20)));
+                }
+            }
+            while let Ok(ev) = events.try_recv() {
+                self.on_event(ev);
+            }
+        }
+        self.state = "stopped".into();
+        self.write_status();
+        drop(watcher);
+        tracing::info!("keepsake daemon stopped");
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Instant {
+        self.sources
+            .iter()
+            .filter(|s| s.dirty)
+            .map(|s| {
+                let after_quiet = s
+                    .last_event
+                    .map(|t| t + self.opts.debounce)
+                    .unwrap_or(s.next_run);
+                after_quiet.max(s.next_run)
+            })
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_millis(500))
+    }
+
+    fn on_event(&mut self, ev: WatchEvent) {
+        match ev {
+            WatchEvent::Changed { index, at } => {
+                if let Some(s) = self.sources.get_mut(index) {
+                    s.dirty = true;
+                    s.last_event = Some(at);
+                }
+            }
+            WatchEvent::Rescan { index, reason } => {
+                tracing::info!(reason, "rescanning after lost notifications");
+                if let Some(s) = self.sources.get_mut(index) {
+                    s.dirty = true;
+                }
+            }
+        }
+    }
+
+    fn settle(&self) -> Duration {
+        match self.policy.as_ref().and_then(|p| p.vendor.as_ref()) {
+            Some(v) if std::env::var_os("KEEPSAKE_SETTLE_SECS").is_none() => {
+                Duration::from_secs(u64::from(v.settle_window_seconds))
+            }
+            _ => self.opts.settle,
+        }
+    }
+
+    fn bandwidth_kbps(&self) -> Option<u32> {
+        self.opts.bandwidth_kbps.or_else(|| {
+            self.policy
+                .as_ref()
+                .and_then(|p| p.vendor.as_ref())
+                .and_then(|v| v.bandwidth_limit_kbps)
+        })
+    }
+
+    fn upload_window_open(&self) -> bool {
+        let Some(v) = self.policy.as_ref().and_then(|p| p.vendor.as_ref()) else {
+            return true;
+        };
+        match (&v.schedule_window_start, &v.schedule_window_end) {
+            (Some(s), Some(e)) => in_window(s, e, chrono::Local::now().time()),
+            _ => true,
+        }
+    }
+
+    fn refresh_policy(&mut self) {
+        let client = match sync::client_with_retry(&self.home, Some(QUICK)) {
+            Ok((_, c)) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot build the API client");
+                return;
+            }
+        };
+        match client.policy() {
+            Ok(p) => {
+                if self.policy.as_ref() != Some(&p) {
+                    tracing::info!(
+                        exclusions = p.exclusions.len(),
+                        critical = p.critical.len(),
+                        schedules = p.schedules.len(),
+                        "policy updated"
+                    );
+                    self.schedules = p
+                        .schedules
+                        .iter()
+                        .filter_map(|s| {
+                            let c: croner::Cron = s.cron.parse().ok()?;
+                            let next = c.find_next_occurrence(&Utc::now(), false).ok()?;
+                            Some((c, next))
+                        })
+                        .collect();
+                    // Rules changed: rescan so they apply to what is already there.
+                    for s in &mut self.sources {
+                        s.dirty = true;
+                    }
+                    self.policy = Some(p);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "policy not refreshed (offline?)"),
+        }
+    }
+
+    fn check_schedules(&mut self) {
+        let now = Utc::now();
+        let mut fire = false;
+        for (cron, next) in &mut self.schedules {
+            if now >= *next {
+                fire = true;
+                if let Ok(n) = cron.find_next_occurrence(&now, false) {
+                    *next = n;
+                }
+            }
+        }
+        if fire {
+            tracing::info!("scheduled reconciliation scan");
+            for s in &mut self.sources {
+                s.dirty = true;
+            }
+        }
+    }
+
+    fn matcher_for(&self, root: &Path, server_source: Option<&str>) -> Matcher {
+        let mut cfg = ExcludeConfig::default();
+        if let Some(p) = &self.policy {
+            cfg.server = p
+                .exclusions
+                .iter()
+                .filter(|r| match (&r.source_id, server_source) {
+                    (None, _) => true,
+                    (Some(s), Some(mine)) => s.to_string() == mine,
+                    (Some(_), None) => false,
+                })
+                .map(|r| r.pattern.clone())
+                .collect();
+            if let Some(max) = p.vendor.as_ref().and_then(|v| v.max_file_size_bytes) {
+                cfg.max_file_size = Some(max);
+            }
+        }
+        if let Ok(list) = RuleList::from_file(&self.home.path(crate::cli::LOCAL_EXCLUDE_FILE)) {
+            if !list.patterns.is_empty() {
+                cfg.local.push(list);
+            }
+        }
+        Matcher::new(root, &cfg)
+    }
+
+    /// Backs up source `i`: a wedding-critical pass (when rules apply), then everything settled.
+    fn run_source(&mut self, i: usize) {
+        self.state = "backing_up".into();
+        self.write_status();
+        let root = self.sources[i].root.clone();
+        let server_source = Catalog::open(&self.home.path(CATALOG_FILE))
+            .ok()
+            .and_then(|c| c.source_by_root(&root).ok().flatten())
+            .and_then(|s| s.server_source_id);
+        let matcher = Arc::new(self.matcher_for(&root, server_source.as_deref()));
+        let critical = self
+            .policy
+            .as_ref()
+            .and_then(|p| critical_matcher(p, server_source.as_deref()));
+        let settle_ns = self.settle().as_nanos() as i64;
+        let bandwidth = self.bandwidth_kbps();
+        let started = Instant::now();
+        let mut result: Result<(), SyncError> = Ok(());
+        let mut committed_any = false;
+        let passes: Vec<bool> = if critical.is_some() {
+            vec![true, false]
+        } else {
+            vec![false]
+        };
+        for critical_pass in passes {
+            let crit = critical.clone();
+            let cutoff = now_ns() - settle_ns;
+            let select_crit = crit.clone();
+            let select: crate::pipeline::SelectFn = Arc::new(move |e: &Entry| {
+                let settled = e.mtime_ns <= cutoff && e.ctime_ns <= cutoff;
+                let wanted =
+                    !critical_pass || select_crit.as_ref().is_some_and(|g| is_critical(g, &e.rel));
+                settled && wanted
+            });
+            let prio_crit = crit.clone();
+            let priority: crate::pipeline::PriorityFn =
+                Arc::new(move |rel: &RelPath| classify(prio_crit.as_deref(), rel));
+            let mut opts = SyncBackupOptions::new(matcher.clone());
+            opts.wedding_critical = critical_pass;
+            opts.bandwidth_kbps = bandwidth;
+            opts.retry = Some(BACKUP_RETRY);
+            opts.tune = Some(Box::new(move |b: &mut crate::pipeline::BackupOptions| {
+                b.select = Some(select.clone());
+                b.priority = Some(priority.clone());
+            }));
+            match sync::backup(
+                &self.home,
+                &root,
+                &opts,
+                &mut crate::pipeline::NoBackupObserver,
+            ) {
+                Ok(s) => {
+                    if !critical_pass {
+                        self.sources[i].dirty = s.files_deferred > 0;
+                        if s.files_deferred > 0 {
+                            // Come back when the deferred files may have settled.
+                            self.sources[i].next_run =
+                                Instant::now() + self.settle().max(Duration::from_secs(1));
+                        }
+                    }
+                    if let Some(c) = &s.committed {
+                        committed_any = true;
+                        self.sources[i].status.last_seq = Some(c.seq);
+                        tracing::info!(root = %root.display(), seq = c.seq, added = c.files_added,
+                            changed = c.files_changed, deleted = c.files_deleted,
+                            critical = critical_pass, "committed");
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let s = &mut self.sources[i];
+        match result {
+            Ok(()) => {
+                s.failures = 0;
+                s.status.last_error = None;
+                if committed_any {
+                    let now = Utc::now();
+                    s.status.last_commit_at = Some(now);
+                    self.last_success = Some(now);
+                }
+                self.last_error = None;
+                self.state = "idle".into();
+            }
+            Err(e) => {
+                s.failures += 1;
+                let transient = match &e {
+                    SyncError::Client(c) => c.is_transient(),
+                    _ => false,
+                };
+                let base = if transient {
+                    1u64 << s.failures.min(9)
+                } else {
+                    60
+                };
+                let mut wait = Duration::from_secs(base).min(self.opts.max_backoff);
+                // Jitter: up to +25%.
+                wait += wait.mul_f64(f64::from(now_ns().rem_euclid(1000) as u32) / 4000.0);
+                s.next_run = Instant::now() + wait;
+                s.dirty = true;
+                let msg = e.to_string();
+                tracing::warn!(root = %root.display(), error = %msg, retry_in = ?wait, "backup failed");
+                s.status.last_error = Some(msg.clone());
+                self.last_error = Some(msg);
+                self.state = if transient {
+                    "offline".into()
+                } else {
+                    "error".into()
+                };
+                if transient {
+                    // Keep the queue current while the server is away: the scan's changes go
+                    // into the catalog (durably), so `status` and the heartbeat count them and
+                    // a restart does not forget them.
+                    if let Err(e) = queue_locally(&self.home, &root, matcher.clone()) {
+                        tracing::warn!(error = %e, "cannot record the offline queue");
+                    }
+                }
+            }
+        }
+        tracing::debug!(elapsed = ?started.elapsed(), "run finished");
+    }
+
+    fn refresh_pending(&mut self) {
+        let Ok(catalog) = Catalog::open(&self.home.path(CATALOG_FILE)) else {
+            return;
+        };
+        let by_root: HashMap<PathBuf, _> = catalog
+            .sources()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.root.clone(), (s.id, s.server_source_id.clone())))
+            .collect();
+        for s in &mut self.sources {
+            let Some((id, server_source)) = by_root.get(&s.root) else {
+                continue;
+            };
+            if let Ok((n, b)) = catalog.pending_files(*id) {
+                s.status.pending_files = n;
+                s.status.pending_bytes = b;
+                let critical = self
+                    .policy
+                    .as_ref()
+                    .and_then(|p| critical_matcher(p, server_source.as_deref()));
+                let mut q = QueueByClass::default();
+                let add = |c: &mut ClassCount, size: u64| {
+                    c.files += 1;
+                    c.bytes += size;
+                };
+                let seen = catalog
+                    .for_each_pending(*id, CLASSIFY_LIMIT, |path, size| {
+                        let Ok(rel) = RelPath::from_bytes(path.to_vec()) else {
+                            return add(&mut q.originals, size);
+                        };
+                        match classify(critical.as_deref(), &rel) {
+                            Priority::Critical => add(&mut q.critical, size),
+                            Priority::Low => add(&mut q.sidecars, size),
+                            _ => add(&mut q.originals, size),
+                        }
+                    })
+                    .unwrap_or(0);
+                if n > seen {
+                    q.unclassified = n - seen;
+                    q.originals.files += n - seen;
+                }
+                s.status.pending_critical = q.critical.files;
+                s.status.queue = q;
+            }
+        }
+    }
+
+    fn write_status(&mut self) {
+        self.refresh_pending();
+        let st = DaemonStatus {
+            pid: std::process::id(),
+            state: if self.stop.load(Ordering::Relaxed) && self.state != "stopped" {
+                "stopping".into()
+            } else {
+                self.state.clone()
+            },
+            updated_at: Some(Utc::now()),
+            last_success_at: self.last_success,
+            sources: self.sources.iter().map(|s| s.status.clone()).collect(),
+            in_wedding_season: self.policy.as_ref().is_some_and(|p| p.in_wedding_season),
+        };
+        if let Ok(json) = serde_json::to_vec_pretty(&st) {
+            let _ = write_private(&self.home.path(STATUS_FILE), &json);
+        }
+    }
+
+    fn send_heartbeat(&mut self) {
+        self.refresh_pending();
+        let Ok((_, client)) = sync::client_with_retry(&self.home, Some(QUICK)) else {
+            return;
+        };
+        let pending: u64 = self.sources.iter().map(|s| s.status.pending_files).sum();
+        let critical: u64 = self.sources.iter().map(|s| s.status.pending_critical).sum();
+        let hb = Heartbeat {
+            state: self.state.clone(),
+            queue_critical: critical,
+            queue_normal: pending.saturating_sub(critical),
+            last_success_at: self.last_success,
+            recovery_point_age_seconds: self
+                .last_success
+                .map(|t| (Utc::now() - t).num_seconds().max(0) as u64),
+            last_error: self.last_error.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        if let Err(e) = client.heartbeat(&hb) {
+            tracing::debug!(error = %e, "heartbeat not sent");
+        }
+    }
+}
+
+/// Scans `root` into the catalog without uploading: changed files become pending work.
+fn queue_locally(home: &Home, root: &Path, matcher: Arc<Matcher>) -> Result<(), SyncError> {
+    let root = std::fs::canonicalize(root)
+        .map_err(|e| SyncError::Other(format!("{}: {e}", root.display())))?;
+    let _lock = WriterLock::acquire(&home.path(sync::LOCK_FILE))?;
+    let mut catalog = Catalog::open(&home.path(CATALOG_FILE))?;
+    let opts = crate::plan::PlanOptions {
+        update_catalog: true,
+        probe_readable: false,
+        ..Default::default()
+    };
+    crate::plan::run(
+        &mut catalog,
+        &root,
+        matcher,
+        Default::default(),
+        &opts,
+        &mut crate::plan::NoObserver,
+    )
+    .map_err(|e| SyncError::Other(e.to_string()))?;
+    Ok(())
+}
+
+/// Reads the daemon's status file, and whether a daemon holds the lock now.
+pub fn read_status(home: &Home) -> (Option<DaemonStatus>, bool) {
+    let status = std::fs::read(home.path(STATUS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let running = match lock_daemon(home) {
+        Ok(_) => false,
+        Err(DaemonError::AlreadyRunning(_)) => true,
+        Err(_) => false,
+    };
+    (status, running)
+}
