@@ -504,19 +504,26 @@ pub async fn commit(
         &[&org, &NO_CONTENT.as_slice(), &agent],
     )
     .await?;
-    // New contents and their chunk lists (a content already known keeps its list).
+    // New contents and their chunk lists (a content already known keeps its list). Both inserts
+    // see the snapshot from before the statement, so "not in file_contents yet" selects the new
+    // contents for both; a concurrent commit of the same content makes both inserts no-ops.
+    // (Not a join of `rep` with the RETURNING rows: CTE scans have no statistics, and the
+    // planner's nested loop over two 100,000-row CTEs took minutes.)
     tx.execute(
         &format!(
             "WITH {EFF}, \
              rep AS (SELECT DISTINCT ON (content_hash) content_hash, size, chunk_count, part, ordinal \
                      FROM eff WHERE op = 'upsert' AND entry_kind = 'file' ORDER BY content_hash, part, ordinal), \
+             fresh AS (SELECT r.* FROM rep r WHERE NOT EXISTS \
+                       (SELECT 1 FROM file_contents fc WHERE fc.organization_id = $2 AND fc.content_hash = r.content_hash)), \
              ins AS (INSERT INTO file_contents (organization_id, content_hash, size, chunk_count, created_by_agent_id) \
-                     SELECT $2, content_hash, size, chunk_count, $3 FROM rep \
-                     ON CONFLICT DO NOTHING RETURNING content_hash) \
+                     SELECT $2, content_hash, size, chunk_count, $3 FROM fresh \
+                     ON CONFLICT DO NOTHING) \
              INSERT INTO content_chunks (organization_id, content_hash, seq, blob_id, file_offset, plain_length) \
              SELECT $2, r.content_hash, c.seq, c.blob_id, c.file_offset, c.plain_length \
-             FROM rep r JOIN ins USING (content_hash) \
-             JOIN job_delta_chunks c ON c.backup_job_id = $1 AND c.part = r.part AND c.ordinal = r.ordinal"
+             FROM fresh r \
+             JOIN job_delta_chunks c ON c.backup_job_id = $1 AND c.part = r.part AND c.ordinal = r.ordinal \
+             ON CONFLICT DO NOTHING"
         ),
         &[&job, &org, &agent],
     )
@@ -565,7 +572,10 @@ pub async fn commit(
         )
         .await?;
     }
-    // The new versions (an upsert identical to the live version adds nothing).
+    // The new versions (an upsert identical to the live version adds nothing: that version is
+    // still live, so the insert conflicts on the one-live-version index). Not a NOT EXISTS
+    // anti-join: probing the index this statement is filling made a 100,000-file commit
+    // quadratic (every probe visibility-checked the rows inserted before it).
     tx.execute(
         &format!(
             "WITH {EFF} \
@@ -575,8 +585,7 @@ pub async fn commit(
                  e.size, e.mtime, e.mode, e.content_hash, e.chunk_count, $4, $1 \
              FROM eff e \
              WHERE e.op = 'upsert' \
-               AND NOT EXISTS (SELECT 1 FROM backup_files f \
-                               WHERE f.source_id = $2 AND f.path = e.path AND f.valid_to_seq IS NULL)"
+             ON CONFLICT (source_id, path) WHERE valid_to_seq IS NULL DO NOTHING"
         ),
         &[&job, &src, &agent, &seq],
     )
