@@ -105,13 +105,16 @@ pub async fn get_policy(
                 max_file_size_bytes: r.get::<_, Option<i64>>(6).map(|v| v as u64),
                 priority_extensions: r.get(7),
             });
-        let hemisphere: String = tx
+        let org = tx
             .query_one(
-                "SELECT coalesce(settings->>'hemisphere', 'north') FROM organizations WHERE id = $1",
+                "SELECT coalesce(settings->>'hemisphere', 'north'), \
+                        coalesce(settings->>'agents_keep_unsealed_key', 'false') = 'true' \
+                 FROM organizations WHERE id = $1",
                 &[&p.org],
             )
-            .await?
-            .get(0);
+            .await?;
+        let hemisphere: String = org.get(0);
+        let agents_keep_unsealed_key: bool = org.get(1);
         Ok(AgentPolicy {
             exclusions,
             critical,
@@ -119,9 +122,21 @@ pub async fn get_policy(
             vendor,
             in_wedding_season: season,
             hemisphere,
+            agents_keep_unsealed_key,
         })
     });
     Ok(Json(policy))
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
 }
 
 /// `POST /v1/heartbeat`: the agent's state, for the studio owner's overview and alerts.
@@ -131,6 +146,13 @@ pub async fn heartbeat(
     Json(hb): Json<Heartbeat>,
 ) -> Result<StatusCode, ApiError> {
     let agent = require_agent(&p)?;
+    let mut hb = hb;
+    // Bounded: a heartbeat is a status line, not a log.
+    if let Some(e) = hb.last_error.as_mut() {
+        truncate_at_char(e, 2000);
+    }
+    truncate_at_char(&mut hb.state, 40);
+    truncate_at_char(&mut hb.agent_version, 40);
     let doc = serde_json::to_value(&hb).map_err(ApiError::internal)?;
     in_tx!(state, &p.actor(), |tx| {
         tx.execute(
@@ -217,14 +239,46 @@ pub async fn add_critical(
 pub async fn put_vendor_config(
     State(state): State<AppState>,
     p: Principal,
-    Json(req): Json<VendorSettings>,
+    Json(body): Json<serde_json::Value>,
 ) -> Result<StatusCode, ApiError> {
     require_manager(&state, &p).await?;
+    // The settings plus an optional `agent_id` (one machine; absent = the organisation's
+    // default). Unknown fields are refused: a misspelt `agent_id` must not silently change
+    // every machine's settings.
+    let mut obj = match body {
+        serde_json::Value::Object(o) => o,
+        _ => return Err(ApiError::bad_request("the vendor configuration must be a JSON object")),
+    };
+    let agent_id: Option<Uuid> = match obj.remove("agent_id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            serde_json::from_value(v)
+                .map_err(|_| ApiError::bad_request("agent_id must be a machine's id"))?,
+        ),
+    };
+    const FIELDS: &[&str] = &[
+        "supplier_type",
+        "settle_window_seconds",
+        "bandwidth_limit_kbps",
+        "schedule_window_start",
+        "schedule_window_end",
+        "realtime_enabled",
+        "max_file_size_bytes",
+        "priority_extensions",
+    ];
+    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown field `{k}` (expected agent_id or one of: {})",
+            FIELDS.join(", ")
+        )));
+    }
+    let req: VendorSettings = serde_json::from_value(serde_json::Value::Object(obj))
+        .map_err(|e| ApiError::bad_request(format!("invalid vendor configuration: {e}")))?;
     in_tx!(state, &p.actor(), |tx| {
         tx.execute(
             "INSERT INTO vendor_backup_configs (organization_id, supplier_type, agent_id, settle_window_seconds, \
                  bandwidth_limit_kbps, schedule_window_start, schedule_window_end, realtime_enabled, max_file_size_bytes, priority_extensions) \
-             VALUES ($1, $2::text::vendor_supplier_type, NULL, $3, $4, $5::text::time, $6::text::time, $7, $8, $9) \
+             VALUES ($1, $2::text::vendor_supplier_type, $10, $3, $4, $5::text::time, $6::text::time, $7, $8, $9) \
              ON CONFLICT (organization_id, supplier_type, agent_id) DO UPDATE SET \
                  settle_window_seconds = EXCLUDED.settle_window_seconds, bandwidth_limit_kbps = EXCLUDED.bandwidth_limit_kbps, \
                  schedule_window_start = EXCLUDED.schedule_window_start, schedule_window_end = EXCLUDED.schedule_window_end, \
@@ -232,7 +286,8 @@ pub async fn put_vendor_config(
                  priority_extensions = EXCLUDED.priority_extensions, updated_at = now()",
             &[&p.org, &req.supplier_type, &(req.settle_window_seconds as i32),
               &req.bandwidth_limit_kbps.map(|v| v as i32), &req.schedule_window_start, &req.schedule_window_end,
-              &req.realtime_enabled, &req.max_file_size_bytes.map(|v| v as i64), &req.priority_extensions],
+              &req.realtime_enabled, &req.max_file_size_bytes.map(|v| v as i64), &req.priority_extensions,
+              &agent_id],
         )
         .await?;
         Ok(())
@@ -249,18 +304,30 @@ pub async fn add_schedule(
     require_manager(&state, &p).await?;
     let id: Uuid = in_tx!(state, &p.actor(), |tx| {
         let strategy: Uuid = match tx
-            .query_opt("SELECT id FROM backup_strategies WHERE name = 'default'", &[])
+            .query_opt(
+                "SELECT id FROM backup_strategies WHERE name = 'default'",
+                &[],
+            )
             .await?
         {
             Some(r) => r.get(0),
-            None => tx
-                .query_one(
+            None => {
+                // Concurrent first schedules race to create it: the loser waits for the winner's
+                // row (ON CONFLICT) and reads it with the next statement's snapshot.
+                tx.execute(
                     "INSERT INTO backup_strategies (organization_id, name, strategy_type, backup_frequency, retention_period) \
-                     VALUES ($1, 'default', 'continuous_backup', 'real_time', interval '10 years') RETURNING id",
+                     VALUES ($1, 'default', 'continuous_backup', 'real_time', interval '10 years') \
+                     ON CONFLICT (organization_id, name) DO NOTHING",
                     &[&p.org],
                 )
+                .await?;
+                tx.query_one(
+                    "SELECT id FROM backup_strategies WHERE name = 'default'",
+                    &[],
+                )
                 .await?
-                .get(0),
+                .get(0)
+            }
         };
         Ok(tx
             .query_one(
