@@ -711,7 +711,11 @@ async fn heartbeats_are_stored_on_the_calling_agent() {
     assert_eq!(s, StatusCode::NO_CONTENT, "{text}");
     let doc = stored(laptop_id).await.0.unwrap();
     let kept = doc["last_error"].as_str().unwrap();
-    assert!(kept.len() <= 2000 && kept.len() >= 1998, "{} bytes kept", kept.len());
+    assert!(
+        kept.len() <= 2000 && kept.len() >= 1998,
+        "{} bytes kept",
+        kept.len()
+    );
 }
 
 #[tokio::test]

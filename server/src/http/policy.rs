@@ -247,7 +247,11 @@ pub async fn put_vendor_config(
     // every machine's settings.
     let mut obj = match body {
         serde_json::Value::Object(o) => o,
-        _ => return Err(ApiError::bad_request("the vendor configuration must be a JSON object")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "the vendor configuration must be a JSON object",
+            ))
+        }
     };
     let agent_id: Option<Uuid> = match obj.remove("agent_id") {
         None | Some(serde_json::Value::Null) => None,
