@@ -125,15 +125,54 @@ emit() {
 }
 
 # The peak RSS and CPU time of a long-running server process (REST server, keepsake-server).
+# SERVER_PG_PIDFILE (keepsake-server only): the embedded cluster's postmaster.pid; the CPU time of
+# the postmaster and of all its children is then added to the server's (the postmaster is not a
+# child of keepsake-server: pg_ctl detaches it). Backends that exit during an operation are
+# counted through the postmaster's cutime/cstime (the kernel adds a reaped child's time there).
 SERVER_PID=""
-server_reset_peak() { [[ -n "$SERVER_PID" ]] && echo 5 >"/proc/$SERVER_PID/clear_refs" 2>/dev/null || true; }
-server_cpu() {
+SERVER_PG_PIDFILE=""
+HZ=$(getconf CLK_TCK)
+pg_postmaster() { [[ -n "$SERVER_PG_PIDFILE" && -r "$SERVER_PG_PIDFILE" ]] && head -1 "$SERVER_PG_PIDFILE"; }
+pg_pids() { # the postmaster and its children
+    local pm
+    pm=$(pg_postmaster) || return 0
+    [[ -n "$pm" && -r /proc/$pm/stat ]] || return 0
+    echo "$pm"
+    # cat, not awk over the files: mawk stops at a process that exited since the glob.
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '{ pid = $1; sub(/.*\) /, ""); if ($2 == pm) print pid }'
+}
+server_reset_peak() {
+    local p
+    [[ -n "$SERVER_PID" ]] || return 0
+    for p in "$SERVER_PID" $(pg_pids); do echo 5 >"/proc/$p/clear_refs" 2>/dev/null; done
+    return 0
+}
+proc_ticks() { # PID [with-children] : utime+stime (+cutime+cstime) in clock ticks
+    awk -v c="${2:-0}" '{ sub(/.*\) /, ""); print $12 + $13 + (c ? $14 + $15 : 0) }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+pg_cpu() { # CPU seconds of the cluster so far (0 without one)
+    local pm t=0 p
+    pm=$(pg_postmaster) || { echo 0; return; }
+    [[ -n "$pm" && -r /proc/$pm/stat ]] || { echo 0; return; }
+    t=$(proc_ticks "$pm" 1)
+    for p in $(pg_pids); do [[ "$p" == "$pm" ]] || t=$((t + $(proc_ticks "$p"))); done
+    awk -v t="$t" -v hz="$HZ" 'BEGIN { printf "%.2f", t / hz }'
+}
+server_cpu() { # the server process (and children it reaped) plus its PostgreSQL cluster
     [[ -n "$SERVER_PID" && -r /proc/$SERVER_PID/stat ]] || { echo 0; return; }
-    awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$SERVER_PID/stat"
+    awk -v t="$(proc_ticks "$SERVER_PID" 1)" -v hz="$HZ" -v pg="$(pg_cpu)" 'BEGIN { printf "%.2f", t / hz + pg }'
 }
 server_hwm_mb() {
     [[ -n "$SERVER_PID" && -r /proc/$SERVER_PID/status ]] || { echo 0; return; }
     awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$SERVER_PID/status"
+}
+pg_hwm_mb() { # the largest peak RSS among the cluster's processes (shared buffers they touched included)
+    local p m=0 v
+    for p in $(pg_pids); do
+        v=$(awk '/^VmHWM:/ { print $2 }' "/proc/$p/status" 2>/dev/null)
+        [[ -n "$v" && "$v" -gt "$m" ]] && m=$v
+    done
+    awk -v m="$m" 'BEGIN { printf "%.1f", m / 1024 }'
 }
 
 # run_timed NAME -- CMD... : runs CMD under /usr/bin/time -v, output to logs/NAME.{out,err};
@@ -163,13 +202,16 @@ measure() {
     local extra=()
     while [[ $# -gt 0 && "$1" != "--" ]]; do extra+=("$1"); shift; done
     shift
-    local before=0 after=0 scpu0 scpu1 l
+    local before=0 after=0 scpu0 scpu1 pcpu0 pcpu1 l
     [[ -n "$repo" ]] && before=$(bytes_of "$repo")
+    sync   # write back what earlier steps left dirty, outside the timed command
     server_reset_peak
     scpu0=$(server_cpu)
+    pcpu0=$(pg_cpu)
     l=$(load1)
     run_timed "$tool-$backend-$op-$rep" -- "$@"
     scpu1=$(server_cpu)
+    pcpu1=$(pg_cpu)
     [[ -n "$repo" ]] && after=$(bytes_of "$repo")
     local cpu mbs cpg
     cpu=$(awk -v u="$T_USER" -v s="$T_SYS" 'BEGIN { printf "%.2f", u + s }')
@@ -181,6 +223,9 @@ measure() {
     if [[ -n "$repo" ]]; then fields+=(repo_bytes="$after" repo_growth_bytes="$((after - before))"); fi
     if [[ -n "$SERVER_PID" ]]; then
         fields+=(server_cpu_s="$(awk -v a="$scpu0" -v b="$scpu1" 'BEGIN { printf "%.2f", b - a }')" server_peak_rss_mb="$(server_hwm_mb)")
+        if [[ -n "$SERVER_PG_PIDFILE" ]]; then
+            fields+=(server_pg_cpu_s="$(awk -v a="$pcpu0" -v b="$pcpu1" 'BEGIN { printf "%.2f", b - a }')" server_pg_peak_rss_mb="$(pg_hwm_mb)")
+        fi
     fi
     emit "${fields[@]}" "${extra[@]}"
 }
@@ -492,30 +537,315 @@ borg_small() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# KEEPSAKE HOOKS: to be filled in when `keepsake backup` / `keepsake restore` exist.
+# KEEPSAKE HOOKS: Keepsake measured with the same measure() helper as the peers.
 #
-# Intended shape (same measure() helper, so the figures land in the same table):
-#   keepsake_setup:       start `keepsake-server --data-dir "$SCRATCH/keepsake-data"` on a
-#                         loopback port, SERVER_PID=$! (its CPU and peak RSS are then recorded on
-#                         every line, as for the REST server), enroll an agent for this shoot.
-#   keepsake_phase1 REP:  fresh data dir per rep; measure keepsake local initial "$r" \
-#                           "$DATA_BYTES" "$SCRATCH/keepsake-data" -- keepsake backup "$DATA"
-#                         then the unchanged re-runs (op=rerun), same command.
-#   keepsake_incremental: after the mutate: op=incremental, changed_bytes="$CHANGED_BYTES", and
-#                         add_reported with the agent's own "bytes uploaded" figure.
-#   keepsake_restore REP: measure ... restore -- sh -c "keepsake restore --point P --to '$dest' && sync"
-#                         then add_field verified "$(verify_restore "$dest")".
-#   keepsake_small:       initial backup of "$SMALL", then op=small-rescan unchanged re-runs.
-#   keepsake_teardown:    rest_stop-like kill of SERVER_PID.
-# Until then each hook records that the measurement is pending.
+#   keepsake_setup:       starts `keepsake-server serve` (embedded PostgreSQL) on a loopback port
+#                         with a data dir under SCRATCH/keepsake, creates an organisation,
+#                         enrols an agent, then measures the engine without network:
+#                         `keepsake pack` of the shoot into SCRATCH/keepsake/pack-out (backend
+#                         "engine", op "pack"; REPS times, the output deleted after each).
+#   keepsake_phase1:      initial `keepsake backup` through the server (a fresh server data dir,
+#                         organisation and agent home per repetition, like a fresh repository),
+#                         then the unchanged re-runs against the last one.
+#   keepsake_incremental: after the mutate, the incremental backup (bytes_new as the tool's
+#                         "added", bytes_sent beside it).
+#   keepsake_restore:     `keepsake restore --point latest` into an empty folder, plus `sync`,
+#                         verified against the dataset; time to first byte from the agent's report.
+#   keepsake_small:       fresh server per repetition: initial backup of the small files, then
+#                         unchanged re-runs (op small-rescan) and `keepsake scan` (op small-scan).
+#   keepsake_teardown:    stops the server (and with it its PostgreSQL cluster).
+#
+# Keepsake's measurements run with SERVER_PID set to the keepsake-server's pid (KS_PID) and
+# SERVER_PG_PIDFILE to its cluster's postmaster.pid, so each of those lines records the server's CPU time INCLUDING PostgreSQL
+# (server_cpu_s; server_pg_cpu_s is the PostgreSQL part) and the server's peak RSS
+# (server_peak_rss_mb: VmHWM of keepsake-server; server_pg_peak_rss_mb: the largest VmHWM of the
+# cluster's processes, shared buffers they touched included).
+#
+# As root, the embedded cluster runs as the `postgres` account, which must be able to traverse
+# SCRATCH (e.g. a folder under /tmp or /var/lib, not under /root).
 
-keepsake_pending() { emit tool=keepsake backend=local op="$1" ok=false note="hook not implemented yet (tests/bench/peers.sh: KEEPSAKE HOOKS)" >/dev/null; }
-keepsake_setup() { :; }
-keepsake_phase1() { keepsake_pending initial; keepsake_pending rerun; }
-keepsake_incremental() { keepsake_pending incremental; }
-keepsake_restore() { keepsake_pending restore; }
-keepsake_small() { [[ -n "$SMALL" ]] && keepsake_pending small-rescan; return 0; }
-keepsake_teardown() { :; }
+KS_BIN="${KS_BIN:-$root/target/release}"   # where keepsake and keepsake-server are
+KS_OK=0
+KS_DIR=""       # SCRATCH/keepsake
+KS_SRV=""       # data dir of the running server
+KS_URL=""
+KS_HOME=""      # agent home that backs up the shoot
+KS_PASS=""      # passphrase file (throwaway)
+KS_AGENT_HOME=""
+KS_CAT_HOME=""
+KS_PID=""       # the running keepsake-server (kept apart from SERVER_PID, which the REST runs reuse)
+KS_PGFILE=""
+
+ks_note() { emit tool=keepsake backend="${2:-server}" op="${3:-setup}" ok=false note="$1" >/dev/null; log "keepsake: $1"; }
+
+ks_server_stop() {
+    if [[ -n "$KS_PID" ]]; then
+        kill "$KS_PID" 2>/dev/null   # SIGTERM: the server stops its PostgreSQL cluster too
+        wait "$KS_PID" 2>/dev/null
+    fi
+    KS_PID=""
+    KS_PGFILE=""
+}
+
+# ks_measure ARGS... : measure with the keepsake-server (and its cluster) as the server process.
+ks_measure() { SERVER_PID="$KS_PID" SERVER_PG_PIDFILE="$KS_PGFILE" measure "$@"; }
+
+# ks_server_start NAME : a fresh keepsake-server with its data dir in KS_DIR/NAME/srv.
+ks_server_start() {
+    local name="$1" port i
+    ks_server_stop
+    rm -rf "${KS_DIR:?}/$name"
+    KS_SRV="$KS_DIR/$name/srv"
+    mkdir -p "$KS_SRV"
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    KS_URL="http://127.0.0.1:$port"
+    "$KS_BIN/keepsake-server" serve --bind "127.0.0.1:$port" --data-dir "$KS_SRV" >"$LOGS/keepsake-server-$name.log" 2>&1 &
+    KS_PID=$!
+    for i in $(seq 240); do
+        if python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$KS_URL/readyz" 2>/dev/null; then
+            KS_PGFILE="$KS_SRV/postgres/data/postmaster.pid"
+            [[ -r "$KS_PGFILE" ]] || log "keepsake: no $KS_PGFILE: PostgreSQL CPU will not be counted"
+            return 0
+        fi
+        kill -0 "$KS_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    log "keepsake-server did not become ready (see $LOGS/keepsake-server-$name.log)"
+    tail -3 "$LOGS/keepsake-server-$name.log" >&2
+    ks_server_stop
+    return 1
+}
+
+# ks_agent NAME : a new organisation on the running server and a fresh agent home enrolled in it
+# (KS_DIR/NAME/home); sets KS_AGENT_HOME.
+ks_agent() {
+    local name="$1" out token
+    KS_AGENT_HOME="$KS_DIR/$name/home"
+    rm -rf "$KS_AGENT_HOME"
+    out=$("$KS_BIN/keepsake-server" admin create-org "Bench $name" --json --data-dir "$KS_SRV" 2>>"$LOGS/keepsake-admin.log") ||
+        { log "keepsake: create-org failed (see $LOGS/keepsake-admin.log)"; return 1; }
+    token=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["enroll_token"])' "$out") || return 1
+    "$KS_BIN/keepsake" --home "$KS_AGENT_HOME" enroll --server "$KS_URL" --token "$token" \
+        --name "bench-$name" --passphrase-file "$KS_PASS" >>"$LOGS/keepsake-enroll.log" 2>&1 ||
+        { log "keepsake: enroll failed (see $LOGS/keepsake-enroll.log)"; return 1; }
+}
+
+# ks_field LOGNAME KEY : KEY of the summary of `keepsake backup --json` (the first root).
+ks_field() {
+    python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+s = d[0]["summary"] if isinstance(d, list) else d
+print(s[sys.argv[2]])' "$LOGS/$1.out" "$2" 2>/dev/null
+}
+
+# ks_measure_backup BACKEND OP REP BYTES PATH HOME [extra...] : measure + the agent's own figures.
+ks_measure_backup() {
+    local be="$1" op="$2" r="$3" bytes="$4" path="$5" home="$6"
+    shift 6
+    ks_measure keepsake "$be" "$op" "$r" "$bytes" "$KS_SRV/storage" "$@" -- \
+        "$KS_BIN/keepsake" --home "$home" backup "$path" --json
+    add_reported "$(ks_field "keepsake-$be-$op-$r" bytes_new)"
+    add_field bytes_sent "$(ks_field "keepsake-$be-$op-$r" bytes_sent)"
+}
+
+keepsake_setup() {
+    local r out
+    KS_OK=0
+    if [[ ! -x "$KS_BIN/keepsake" || ! -x "$KS_BIN/keepsake-server" ]]; then
+        ks_note "not built (cargo build --release -p keepsake-server -p keepsake-agent --bins)"
+        return 1
+    fi
+    KS_DIR="$SCRATCH/keepsake"
+    mkdir -p "$KS_DIR"
+    if [[ $(id -u) -eq 0 ]] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$KS_DIR"; then
+        ks_note "the postgres account cannot traverse $KS_DIR (as root the embedded cluster runs as postgres): use a SCRATCH under /tmp or /var/lib"
+        return 1
+    fi
+    KS_PASS="$KS_DIR/passphrase"
+    echo "keepsake-bench-throwaway-passphrase" >"$KS_PASS"
+    ks_server_start shoot-1 && ks_agent shoot-1 || { ks_note "server or enrolment failed"; return 1; }
+    KS_HOME="$KS_AGENT_HOME"
+    KS_OK=1
+    log "keepsake $("$KS_BIN/keepsake" --version | cut -d' ' -f2): server $KS_URL, data $KS_SRV"
+
+    # The engine without network: read, chunk, hash, compress-or-skip, encrypt, write packs.
+    out="$KS_DIR/pack-out"
+    for r in $(seq "$REPS"); do
+        rm -rf "$out"
+        maybe_cold
+        log "keepsake: engine (pack) $r/$REPS"
+        measure keepsake engine pack "$r" "$DATA_BYTES" "" -- \
+            "$KS_BIN/keepsake" --home "$KS_HOME" pack "$DATA" --out "$out" --keys "$KS_HOME/keys.json" --json
+        add_field out_bytes "$(bytes_of "$out")"
+        rm -rf "$out"
+    done
+}
+
+keepsake_phase1() {
+    local r
+    [[ $KS_OK -eq 1 ]] || return 0
+    for r in $(seq "$REPS"); do
+        if [[ $r -gt 1 ]]; then
+            ks_server_stop
+            rm -rf "${KS_DIR:?}/shoot-$((r - 1))"
+            ks_server_start "shoot-$r" && ks_agent "shoot-$r" || { ks_note "server or enrolment failed" server initial; KS_OK=0; return 0; }
+            KS_HOME="$KS_AGENT_HOME"
+        fi
+        maybe_cold
+        log "keepsake: initial backup $r/$REPS"
+        ks_measure_backup server initial "$r" "$DATA_BYTES" "$DATA" "$KS_HOME"
+        add_field pg_data_bytes "$(bytes_of "$KS_SRV/postgres")"
+    done
+    for r in $(seq "$REPS"); do
+        maybe_cold
+        log "keepsake: unchanged re-run $r/$REPS"
+        ks_measure_backup server rerun "$r" "$DATA_BYTES" "$DATA" "$KS_HOME"
+    done
+}
+
+keepsake_incremental() {
+    [[ $KS_OK -eq 1 ]] || return 0
+    maybe_cold
+    log "keepsake: incremental backup after mutate"
+    ks_measure_backup server incremental 1 "$DATA_BYTES" "$DATA" "$KS_HOME" changed_bytes="$CHANGED_BYTES"
+}
+
+keepsake_restore() {
+    local r dest="$SCRATCH/restore" name
+    [[ $KS_OK -eq 1 ]] || return 0
+    for r in $(seq "$REPS"); do
+        rm -rf "$dest"
+        maybe_cold
+        log "keepsake: restore $r/$REPS"
+        name="keepsake-server-restore-$r"
+        # sync inside the timed command, as for the peers.
+        ks_measure keepsake server restore "$r" "$DATA_BYTES" "" -- sh -c \
+            "'$KS_BIN/keepsake' --home '$KS_HOME' restore --point latest --to '$dest' --passphrase-file '$KS_PASS' --json && sync"
+        add_field verified "$(verify_restore "$dest")"
+        add_field ttfb_s "$(python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+t = d["time_to_first_byte"]
+print("%.3f" % (t["secs"] + t["nanos"] / 1e9))' "$LOGS/$name.out" 2>/dev/null)"
+    done
+    rm -rf "$dest"
+    ks_server_stop   # not left idling while the peers measure the small files
+}
+
+keepsake_small() {
+    local r
+    [[ $KS_OK -eq 1 && -n "$SMALL" ]] || return 0
+    for r in $(seq "$REPS"); do
+        ks_server_stop
+        rm -rf "${KS_DIR:?}"/shoot-* "${KS_DIR:?}"/catalog "${KS_DIR:?}/small-$((r - 1))"
+        ks_server_start "small-$r" && ks_agent "small-$r" || { ks_note "server or enrolment failed" server small-initial; return 0; }
+        maybe_cold
+        log "keepsake: small files, initial backup $r/$REPS"
+        ks_measure_backup server small-initial "$r" "$SMALL_BYTES" "$SMALL" "$KS_AGENT_HOME" files="$SMALL_FILES"
+    done
+    for r in $(seq "$REPS"); do
+        maybe_cold
+        log "keepsake: small files, unchanged rescan $r/$REPS"
+        ks_measure_backup server small-rescan "$r" "$SMALL_BYTES" "$SMALL" "$KS_AGENT_HOME" files="$SMALL_FILES"
+    done
+    for r in $(seq "$REPS"); do
+        maybe_cold
+        log "keepsake: small files, scan $r/$REPS"
+        ks_measure keepsake agent small-scan "$r" "$SMALL_BYTES" "" files="$SMALL_FILES" -- \
+            "$KS_BIN/keepsake" --home "$KS_AGENT_HOME" scan "$SMALL" --json
+    done
+}
+
+keepsake_teardown() { ks_server_stop; }
+
+# ---------------------------------------------------------------------------------------------
+# The catalog edit alone: a folder holding only the Lightroom catalog, backed up before and after
+# the mutate by each tool into a repository (organisation) of its own, so nothing else dedups
+# against it. The bytes that really changed are counted page by page (4096 B, the catalog's page
+# size) between the catalog before and after the edit.
+
+CAT_DIR=""
+CAT_REL=""
+catalog_probe_before() {
+    CAT_REL=$(cd "$DATA" && find . -name '*.lrcat' -type f | head -1)
+    [[ -n "$CAT_REL" ]] || { emit kind=catalog_change ok=false note="no .lrcat in the dataset" >/dev/null; return 0; }
+    CAT_DIR="$SCRATCH/catalog-only"
+    rm -rf "$CAT_DIR" "$SCRATCH/catalog-before.lrcat"
+    mkdir -p "$CAT_DIR"
+    cp -a "$DATA/$CAT_REL" "$SCRATCH/catalog-before.lrcat"
+    cp -a "$DATA/$CAT_REL" "$CAT_DIR/"
+    CAT_BYTES=$(bytes_of "$CAT_DIR")
+    local url
+    if want restic && [[ $have_restic -eq 1 ]]; then
+        export RESTIC_CACHE_DIR="$SCRATCH/restic-cache-catalog"
+        restic_repo local catalog
+        rm -rf "$RESTIC_DIR" "$RESTIC_CACHE_DIR"
+        restic -r "$url" init --repository-version 2 >"$LOGS/restic-catalog-init.log" 2>&1 && {
+            log "restic/local: catalog-only folder, initial"
+            measure restic local catalog-initial 1 "$CAT_BYTES" "$RESTIC_DIR" -- \
+                sh -c "cd '$CAT_DIR' && exec restic -r '$url' backup --json --host bench --compression $RESTIC_COMPRESSION ."
+            add_reported "$(restic_summary restic-local-catalog-initial-1)"
+        }
+    fi
+    if want borg && [[ $have_borg -eq 1 ]]; then
+        rm -rf "$SCRATCH/borg-catalog"
+        borg init -e "$BORG_ENCRYPTION" "$SCRATCH/borg-catalog" >"$LOGS/borg-catalog-init.log" 2>&1 && {
+            log "borg: catalog-only folder, initial"
+            borg_create "$SCRATCH/borg-catalog" "$CAT_DIR"
+            measure borg local catalog-initial 1 "$CAT_BYTES" "$SCRATCH/borg-catalog" -- sh -c "$BORG_CMD"
+            add_reported "$(borg_added borg-local-catalog-initial-1)"
+        }
+    fi
+    if want keepsake && [[ $KS_OK -eq 1 ]] && ks_agent catalog; then
+        KS_CAT_HOME="$KS_AGENT_HOME"
+        log "keepsake: catalog-only folder, initial"
+        ks_measure_backup server catalog-initial 1 "$CAT_BYTES" "$CAT_DIR" "$KS_CAT_HOME"
+    fi
+}
+
+catalog_probe_after() {
+    [[ -n "$CAT_DIR" ]] || return 0
+    cp -a "$DATA/$CAT_REL" "$CAT_DIR/"
+    local changed url
+    changed=$(python3 - "$SCRATCH/catalog-before.lrcat" "$CAT_DIR/$(basename "$CAT_REL")" <<'PY'
+import sys
+P = 4096
+a = open(sys.argv[1], "rb").read()
+b = open(sys.argv[2], "rb").read()
+pages = diff = 0
+for off in range(0, max(len(a), len(b)), P):
+    x, y = a[off:off + P], b[off:off + P]
+    if x != y:
+        pages += 1
+        diff += sum(1 for i in range(max(len(x), len(y))) if i >= len(x) or i >= len(y) or x[i] != y[i])
+print(pages, pages * P, diff, len(a), len(b))
+PY
+)
+    read -r CAT_PAGES CAT_PAGE_BYTES CAT_DIFF_BYTES CAT_SIZE0 CAT_SIZE1 <<<"$changed"
+    emit kind=catalog_change file="$CAT_REL" page_size=4096 changed_pages="$CAT_PAGES" changed_page_bytes="$CAT_PAGE_BYTES" \
+        changed_bytes_exact="$CAT_DIFF_BYTES" size_before="$CAT_SIZE0" size_after="$CAT_SIZE1" >/dev/null
+    log "catalog edit: $CAT_PAGES pages of 4096 B changed ($CAT_PAGE_BYTES B; $CAT_DIFF_BYTES bytes differ)"
+    CAT_BYTES=$(bytes_of "$CAT_DIR")
+    if want restic && [[ $have_restic -eq 1 && -d "$SCRATCH/restic-catalog" ]]; then
+        export RESTIC_CACHE_DIR="$SCRATCH/restic-cache-catalog"
+        restic_repo local catalog
+        log "restic/local: catalog-only folder, after the edit"
+        measure restic local catalog-incremental 1 "$CAT_BYTES" "$RESTIC_DIR" changed_bytes="$CAT_PAGE_BYTES" -- \
+            sh -c "cd '$CAT_DIR' && exec restic -r '$url' backup --json --host bench --compression $RESTIC_COMPRESSION ."
+        add_reported "$(restic_summary restic-local-catalog-incremental-1)"
+    fi
+    if want borg && [[ $have_borg -eq 1 && -d "$SCRATCH/borg-catalog" ]]; then
+        log "borg: catalog-only folder, after the edit"
+        borg_create "$SCRATCH/borg-catalog" "$CAT_DIR"
+        measure borg local catalog-incremental 1 "$CAT_BYTES" "$SCRATCH/borg-catalog" changed_bytes="$CAT_PAGE_BYTES" -- sh -c "$BORG_CMD"
+        add_reported "$(borg_added borg-local-catalog-incremental-1)"
+    fi
+    if want keepsake && [[ $KS_OK -eq 1 && -n "${KS_CAT_HOME:-}" ]]; then
+        log "keepsake: catalog-only folder, after the edit"
+        ks_measure_backup server catalog-incremental 1 "$CAT_BYTES" "$CAT_DIR" "$KS_CAT_HOME" changed_bytes="$CAT_PAGE_BYTES"
+    fi
+}
 # END OF KEEPSAKE HOOKS
 # ---------------------------------------------------------------------------------------------
 
@@ -533,6 +863,7 @@ if want restic && [[ $have_restic -eq 1 ]]; then restic_phase1 local; fi
 if want restic-rest && [[ $have_restic -eq 1 ]] && rest_start; then restic_phase1 rest; rest_stop; fi
 if want borg && [[ $have_borg -eq 1 ]]; then borg_phase1; fi
 if want keepsake; then keepsake_setup; keepsake_phase1; fi
+catalog_probe_before
 
 # The next day's edit, applied once; every tool then backs up the same change.
 log "gen-shoot mutate"
@@ -546,6 +877,7 @@ emit kind=mutation new_bytes="$CHANGED_BYTES" new_photos="$(python3 -c 'import j
     catalog_rows_updated="$(python3 -c 'import json,sys; m=json.loads(sys.argv[1]); print(m["catalog_rows_updated"] + m["develop_settings_updated"])' "$MUTATION")" >/dev/null
 DATA_BYTES=$(bytes_of "$DATA")
 (cd "$DATA" && find . -type f -print0 | sort -z | xargs -0 b3sum) >"$SCRATCH/dataset.b3"
+catalog_probe_after
 
 # Phase 2: incremental backups, then full restores of the edited shoot.
 if want restic && [[ $have_restic -eq 1 ]]; then restic_incremental local; restic_restore local; fi

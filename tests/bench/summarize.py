@@ -50,7 +50,7 @@ def main(path):
     groups = OrderedDict()
     notes = []
     for l in lines:
-        if l.get("kind") in ("machine", "end", "mutation", "limit"):
+        if l.get("kind") in ("machine", "end", "mutation", "limit", "catalog_change"):
             continue
         if not l.get("ok", True) and "wall_s" not in l:
             notes.append(l)
@@ -79,6 +79,19 @@ def main(path):
             extra.append(f"{med(rows, 'cpu_s') / files * 1e6:.0f} µs CPU/file")
         if "changed_bytes" in rows[0]:
             extra.append(f"new data {mb(rows[0]['changed_bytes'])} MB")
+        if med(rows, "bytes_sent") is not None:
+            extra.append(f"sent {mb(med(rows, 'bytes_sent'))} MB")
+        if med(rows, "ttfb_s") is not None:
+            extra.append(f"first byte {med(rows, 'ttfb_s'):.3f} s")
+        if med(rows, "server_pg_cpu_s") is not None:
+            extra.append(
+                f"of the server CPU, PostgreSQL {med(rows, 'server_pg_cpu_s'):.2f} s "
+                f"(peak RSS of its largest process {fmt(med(rows, 'server_pg_peak_rss_mb'), 0)} MB)"
+            )
+        if med(rows, "server_cpu_s") is not None and rows[0].get("bytes"):
+            extra.append(f"server {med(rows, 'server_cpu_s') / (rows[0]['bytes'] / 1e9):.2f} CPU s/GB")
+        if med(rows, "out_bytes") is not None:
+            extra.append(f"output {mb(med(rows, 'out_bytes'))} MB")
         loads = [r.get("load1") for r in rows if r.get("load1") is not None]
         out.append(
             "| "
@@ -115,6 +128,26 @@ def main(path):
             out.append(
                 f"| {l['stage']} | {l['class']} ({l['bytes'] / 1e6:.0f} MB) | {l['threads']} | "
                 f"{fmt(l['mb_s'], 0)} | {fmt(l['cpu_s_per_gb'], 2)} | {'—' if ratio is None else f'{ratio:.3f}'} |"
+            )
+    catalog = next((l for l in lines if l.get("kind") == "catalog_change" and "changed_pages" in l), None)
+    if catalog:
+        out.append("")
+        out.append(
+            f"Catalog edit ({catalog['file']}): {catalog['changed_pages']} pages of {catalog['page_size']} B changed "
+            f"= {catalog['changed_page_bytes']} B ({catalog['changed_bytes_exact']} bytes differ); "
+            f"size {catalog['size_before']} -> {catalog['size_after']} B."
+        )
+        out.append("")
+        out.append("| tool | backend | new bytes for the catalog edit | x changed pages | repo growth |")
+        out.append("|---|---|---|---|---|")
+        for (tool, backend, op), rows in groups.items():
+            if op != "catalog-incremental":
+                continue
+            added = med(rows, "reported_added_bytes")
+            ratio = added / catalog["changed_page_bytes"] if added is not None and catalog["changed_page_bytes"] else None
+            out.append(
+                f"| {tool} | {backend} | {'—' if added is None else int(added)} | "
+                f"{'—' if ratio is None else f'{ratio:.2f}'} | {'—' if med(rows, 'repo_growth_bytes') is None else int(med(rows, 'repo_growth_bytes'))} |"
             )
     if mutation:
         out.append("")
