@@ -9,6 +9,9 @@
 //! * [`catalog`] — the local SQLite catalog (schema, migrations, crash-safe writes).
 //! * [`plan`] — scan merged with catalog: what changed since the last committed state.
 //! * [`pipeline`] — the backup pipeline: read, chunk, hash, dedup, seal, emit; the job delta.
+//! * [`restore`] — restoring a recovery point (or part of it) into a folder.
+//! * [`recovery`] — recovery requests made centrally and executed here: space check, restore,
+//!   validation, progress and logs to the server; restore drills.
 //! * [`cli`] — the `keepsake` command line.
 //! * [`relpath`] — paths relative to a source root as raw OS bytes.
 //! * [`units`] — byte sizes for people.
@@ -22,6 +25,7 @@ pub mod exclude;
 pub mod home;
 pub mod pipeline;
 pub mod plan;
+pub mod recovery;
 pub mod relpath;
 pub mod restore;
 pub mod scan;

@@ -119,6 +119,121 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Recovery jobs: request a restore onto a machine, list and inspect them.
+    #[command(subcommand)]
+    Recovery(RecoveryCommand),
+    /// Disaster scenarios: list the procedures and start one.
+    #[command(subcommand)]
+    Scenario(ScenarioCommand),
+}
+
+/// What a recovery job restores (`admin recovery create --type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RecoveryKind {
+    /// A whole source.
+    Full,
+    /// Some folders of a source (`--path`, at least one).
+    Partial,
+    /// One file (`--path`, exactly one).
+    File,
+    /// A source as it was at a time (`--at`).
+    PointInTime,
+    /// Ahead of every other job, with the emergency contacts notified.
+    Emergency,
+}
+
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum RecoveryCommand {
+    /// Queue a recovery job for a target machine (it restores when it next claims work).
+    Create {
+        /// Organisation (id or slug).
+        #[arg(long)]
+        org: String,
+        /// What to restore.
+        #[arg(long = "type", value_enum)]
+        kind: RecoveryKind,
+        /// The machine that restores (name or id).
+        #[arg(long)]
+        target_agent: String,
+        /// Absolute folder on the target machine.
+        #[arg(long = "to")]
+        to: String,
+        /// Recovery point id.
+        #[arg(long, conflicts_with_all = ["source", "from_agent"])]
+        point: Option<uuid::Uuid>,
+        /// Source id (its newest point, or the newest at or before `--at`).
+        #[arg(long, conflicts_with = "from_agent")]
+        source: Option<uuid::Uuid>,
+        /// Restore this machine's only (or first) source (name or id).
+        #[arg(long)]
+        from_agent: Option<String>,
+        /// Relative path of a folder or file to restore (repeatable).
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        /// The state at this time (RFC 3339, e.g. 2025-06-14T18:00:00Z).
+        #[arg(long)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Replace newer local files (default: restore beside them).
+        #[arg(long)]
+        overwrite: bool,
+        /// A note for the job.
+        #[arg(long)]
+        notes: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The organisation's recovery jobs, newest first.
+    List {
+        #[arg(long)]
+        org: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One recovery job with its log and validation.
+    Show {
+        id: uuid::Uuid,
+        #[arg(long)]
+        org: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum ScenarioCommand {
+    /// The organisation's disaster scenarios with their steps.
+    List {
+        #[arg(long)]
+        org: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a scenario: queue the recovery jobs it prescribes.
+    Start {
+        /// Scenario name or id, e.g. "Laptop stolen at a venue".
+        scenario: String,
+        #[arg(long)]
+        org: String,
+        /// The machine that restores (name or id).
+        #[arg(long)]
+        target_agent: String,
+        /// Absolute folder on the target machine.
+        #[arg(long = "to")]
+        to: String,
+        /// The machine that was lost (name or id; may be revoked).
+        #[arg(long)]
+        lost_agent: Option<String>,
+        /// The state at this time (RFC 3339), e.g. before ransomware struck.
+        #[arg(long)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The config file's keys (all optional).

@@ -13,5 +13,6 @@ pub mod destinations;
 pub mod http;
 pub mod orgs;
 pub mod packs;
+pub mod recovery;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

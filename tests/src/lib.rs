@@ -366,6 +366,52 @@ impl World {
         self.root.join("server/storage")
     }
 
+    /// Runs `keepsake-server admin <args>` against this world's database.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        std::process::Command::new(server_bin())
+            .arg("admin")
+            .args(args)
+            .args(["--database-url", &self.db.url()])
+            .arg("--data-dir")
+            .arg(self.root.join("server"))
+            .env("KEEPSAKE_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run keepsake-server admin")
+    }
+
+    /// Runs `keepsake-server admin <args> --json`, requires success and parses the output.
+    pub fn admin_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.admin(&a);
+        assert!(
+            out.status.success(),
+            "keepsake-server admin {a:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "keepsake-server admin {a:?}: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Runs a statement as the schema owner (test set-up, e.g. organisation settings).
+    pub fn execute(&self, sql: &str) -> u64 {
+        self.rt.block_on(async {
+            self.db
+                .owner()
+                .await
+                .execute(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+
     pub fn count(&self, sql: &str) -> i64 {
         self.rt.block_on(async {
             self.db

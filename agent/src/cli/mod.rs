@@ -10,6 +10,7 @@
 //! paths could not be read (listed in the output).
 
 mod daemon_cmds;
+mod recover;
 mod remote;
 
 use std::ffi::OsString;
@@ -97,6 +98,16 @@ pub enum Command {
     Run(daemon_cmds::RunArgs),
     /// Show the daemon's state, or whether a folder is safe on the server (`--path`).
     Status(daemon_cmds::StatusArgs),
+    /// Execute the recovery requests made for this machine (restore, validate, report).
+    Recover(recover::RecoverArgs),
+    /// Restore drill: restore a sample of recent files into a scratch folder, validate them and
+    /// report the result to the server.
+    Drill(recover::DrillArgs),
+    /// Check the passphrase; with --remember keep the unsealed key here for the daemon (when the
+    /// organisation allows it).
+    Unlock(recover::UnlockArgs),
+    /// Remove the unsealed key kept by `unlock --remember`.
+    Lock,
     /// Back up PATH offline into a folder: encrypted packs (framed blob streams) and the job
     /// delta, without a server. Every file is included (a full snapshot); the catalog is not
     /// touched.
@@ -276,6 +287,10 @@ where
         Command::Whoami => remote::cmd_whoami(&home, out),
         Command::Run(args) => daemon_cmds::cmd_run(&home, args, out),
         Command::Status(args) => daemon_cmds::cmd_status(&home, args, out),
+        Command::Recover(args) => recover::cmd_recover(&home, args, out),
+        Command::Drill(args) => recover::cmd_drill(&home, args, out),
+        Command::Unlock(args) => recover::cmd_unlock(&home, args, out),
+        Command::Lock => recover::cmd_lock(&home, out),
     }
 }
 

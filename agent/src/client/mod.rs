@@ -151,6 +151,18 @@ impl ApiClient {
         self
     }
 
+    /// Another client for the same servers and token with its own retry policy (sharing the
+    /// connection pool), e.g. for progress reports that must not hold up the work for long.
+    pub fn clone_with_retry(&self, retry: RetryPolicy) -> ApiClient {
+        ApiClient {
+            urls: self.urls.clone(),
+            current: AtomicUsize::new(self.current.load(Ordering::Relaxed)),
+            token: self.token.clone(),
+            http: self.http.clone(),
+            retry,
+        }
+    }
+
     /// The server URL in use.
     pub fn url(&self) -> &str {
         &self.urls[self.current.load(Ordering::Relaxed) % self.urls.len()]
@@ -406,6 +418,84 @@ impl ApiClient {
             out.push(serde_json::from_str(line).map_err(|e| ClientError::Decode(e.to_string()))?);
         }
         Ok((out, more))
+    }
+
+    /// `POST /v1/recovery-jobs/claim`: the next recovery job for this machine (`None`: nothing
+    /// to do). With `can_decrypt` false nothing is claimed; the server marks the waiting jobs as
+    /// waiting for the key to be unlocked here.
+    pub fn claim_recovery(
+        &self,
+        req: &ClaimRecoveryRequest,
+    ) -> Result<Option<RecoveryJobInfo>, ClientError> {
+        let resp = self.send(Method::POST, "/v1/recovery-jobs/claim", |rb| {
+            Ok(rb.json(req))
+        })?;
+        if resp.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let bytes = resp
+            .bytes()
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `POST /v1/recovery-jobs/{id}/progress`.
+    pub fn recovery_progress(
+        &self,
+        job: Uuid,
+        report: &RecoveryProgressReport,
+    ) -> Result<(), ClientError> {
+        self.send(
+            Method::POST,
+            &format!("/v1/recovery-jobs/{job}/progress"),
+            |rb| Ok(rb.json(report)),
+        )
+        .map(|_| ())
+    }
+
+    /// `POST /v1/recovery-jobs/{id}/logs`.
+    pub fn recovery_log(&self, job: Uuid, entry: &RecoveryLogEntry) -> Result<(), ClientError> {
+        self.send(
+            Method::POST,
+            &format!("/v1/recovery-jobs/{job}/logs"),
+            |rb| Ok(rb.json(entry)),
+        )
+        .map(|_| ())
+    }
+
+    /// `POST /v1/recovery-jobs/{id}/finish`.
+    pub fn recovery_finish(&self, job: Uuid, finish: &RecoveryFinish) -> Result<(), ClientError> {
+        self.send(
+            Method::POST,
+            &format!("/v1/recovery-jobs/{job}/finish"),
+            |rb| Ok(rb.json(finish)),
+        )
+        .map(|_| ())
+    }
+
+    /// `POST /v1/recovery-drills`.
+    pub fn recovery_drill(&self, report: &RecoveryDrillReport) -> Result<(), ClientError> {
+        self.send(
+            Method::POST,
+            "/v1/recovery-drills",
+            |rb| Ok(rb.json(report)),
+        )
+        .map(|_| ())
+    }
+
+    /// `GET /v1/recovery-jobs` (what the token may see).
+    pub fn recovery_jobs(&self) -> Result<Vec<RecoveryJobInfo>, ClientError> {
+        self.get_json("/v1/recovery-jobs")
+    }
+
+    /// `GET /v1/recovery-jobs/{id}`.
+    pub fn recovery_job(&self, id: Uuid) -> Result<RecoveryJobDetail, ClientError> {
+        self.get_json(&format!("/v1/recovery-jobs/{id}"))
     }
 
     /// `POST /v1/blobs/read`: a framed stream of the blobs, to read with the framing decoder.

@@ -551,8 +551,28 @@ impl Daemon {
                     }
                     self.policy = Some(p);
                 }
+                // Recovery requests go before backup work (the runs due come after this).
+                self.recovery_requests();
             }
             Err(e) => tracing::debug!(error = %e, "policy not refreshed (offline?)"),
+        }
+    }
+
+    /// Recovery requests for this machine ([`crate::recovery::daemon_tick`]): executed when the
+    /// home keeps an unsealed key (`keepsake unlock --remember`) and the organisation's policy
+    /// allows it (`agents_keep_unsealed_key`); otherwise the server is told they wait for the
+    /// key to be unlocked here.
+    fn recovery_requests(&mut self) {
+        let Some(policy) = self.policy.clone() else {
+            return;
+        };
+        let Ok((_, client)) = sync::client_with_retry(&self.home, Some(BACKUP_RETRY)) else {
+            return;
+        };
+        let done = crate::recovery::daemon_tick(&self.home, &client, &policy, &self.stop);
+        if !done.is_empty() {
+            let failed = done.iter().filter(|o| !o.succeeded()).count();
+            tracing::info!(jobs = done.len(), failed, "recovery requests executed");
         }
     }
 
@@ -723,6 +743,7 @@ impl Daemon {
             }
         }
         tracing::debug!(elapsed = ?started.elapsed(), "run finished");
+        release_freed_memory();
     }
 
     fn refresh_pending(&mut self) {
@@ -813,6 +834,16 @@ impl Daemon {
         if let Err(e) = client.heartbeat(&hb) {
             tracing::debug!(error = %e, "heartbeat not sent");
         }
+    }
+}
+
+/// Hands memory freed by a run (the pipeline's buffers, per-thread allocator arenas) back to the
+/// system, so an idle daemon stays small. glibc keeps freed memory of its arenas otherwise.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no pointers are passed.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -12,6 +12,11 @@
 //! land outside the target, is refused. An existing file with different content is never
 //! overwritten unless asked: the restored copy is written beside it. A rerun of an interrupted
 //! restore skips files already complete (same size and mtime).
+//!
+//! Names that the target operating system cannot hold (on Windows: reserved device names such as
+//! `CON` or `COM1`, the characters `<>:"|?*\`, control characters, a trailing dot or space) are
+//! mapped to a safe name by [`names::local_rel_path`]; every mapped path is reported
+//! ([`RestoreReport::renamed`]). On Unix every name the wire format allows is valid as is.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -25,7 +30,6 @@ use keepsake_common::api::{FileAtPoint, FileKind};
 use keepsake_common::framing::{Frame, FRAME_HEADER_LEN, STREAM_HEADER_LEN};
 use keepsake_common::ids::{BlobId, CipherHash, ContentHash};
 use keepsake_common::keys::OrgKeys;
-use keepsake_common::path::wire_to_os_path;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -62,6 +66,8 @@ pub struct RestoreOptions {
     pub workers: usize,
     /// Plaintext bytes fetched per request.
     pub batch_bytes: u64,
+    /// Which file-name rules the target follows (default: this operating system's).
+    pub name_rules: names::NameRules,
 }
 
 impl RestoreOptions {
@@ -74,6 +80,7 @@ impl RestoreOptions {
             overwrite: false,
             workers: 4,
             batch_bytes: 32 * 1024 * 1024,
+            name_rules: names::NameRules::native(),
         }
     }
 }
@@ -87,6 +94,18 @@ pub struct RestoreFailure {
     pub error: String,
 }
 
+/// A path restored under another name because the target cannot hold the original one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenamedPath {
+    /// The path in the recovery point.
+    pub original: String,
+    /// Where it was restored, relative to the target.
+    pub restored_as: String,
+}
+
+/// At most this many renamed paths are listed in a report (all are counted).
+pub const MAX_RENAMED_LISTED: usize = 1000;
+
 /// What a restore did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestoreReport {
@@ -94,6 +113,8 @@ pub struct RestoreReport {
     pub files_restored: u64,
     /// Files already complete from an earlier run.
     pub files_skipped: u64,
+    /// Bytes of the files already complete.
+    pub bytes_skipped: u64,
     /// Files written beside an existing different file.
     pub files_beside: u64,
     /// Folders created.
@@ -104,6 +125,10 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// Files that failed.
     pub failures: Vec<RestoreFailure>,
+    /// Paths restored under a safe name (the first [`MAX_RENAMED_LISTED`]).
+    pub renamed: Vec<RenamedPath>,
+    /// How many paths were restored under a safe name.
+    pub renamed_count: u64,
     /// Duration.
     pub elapsed: Duration,
     /// Time until the first byte was written.
@@ -117,6 +142,8 @@ pub struct RestoreProgress {
     pub files: AtomicU64,
     /// Bytes written.
     pub bytes: AtomicU64,
+    /// Bytes of files found already complete (not written again).
+    pub bytes_skipped: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -279,7 +306,7 @@ pub fn restore(
     });
     listing?;
     for d in dirs.iter().rev() {
-        if let Ok(p) = wire_to_os_path(&d.path, d.raw_path.as_deref()) {
+        if let Ok((p, _)) = names::local_rel_path(&d.path, d.raw_path.as_deref(), opts.name_rules) {
             if let Ok(full) = safe_join(&shared.root, &p, false) {
                 let _ = set_times_and_mode(&full, d);
             }
@@ -307,9 +334,39 @@ impl Shared<'_> {
         f(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
+    fn skipped(&self, f: &FileAtPoint) {
+        self.progress
+            .bytes_skipped
+            .fetch_add(f.size, Ordering::Relaxed);
+        self.bump(|r| {
+            r.files_skipped += 1;
+            r.bytes_skipped += f.size;
+        });
+    }
+
+    /// The path of `f` relative to the target (mapped to a safe name where needed, and reported).
+    fn local_rel(&self, f: &FileAtPoint) -> Result<PathBuf, String> {
+        let (rel, renamed) =
+            names::local_rel_path(&f.path, f.raw_path.as_deref(), self.opts.name_rules)?;
+        if renamed {
+            let shown = rel.to_string_lossy().replace('\\', "/");
+            tracing::warn!(path = %f.path, restored_as = %shown, "name not valid here: restored under a safe name");
+            self.bump(|r| {
+                r.renamed_count += 1;
+                if r.renamed.len() < MAX_RENAMED_LISTED {
+                    r.renamed.push(RenamedPath {
+                        original: f.path.clone(),
+                        restored_as: shown,
+                    });
+                }
+            });
+        }
+        Ok(rel)
+    }
+
     fn make_dir(&self, f: &FileAtPoint) {
-        let result = wire_to_os_path(&f.path, f.raw_path.as_deref())
-            .map_err(|e| e.to_string())
+        let result = self
+            .local_rel(f)
             .and_then(|rel| safe_join(&self.root, &rel, true))
             .and_then(|full| match fs::symlink_metadata(&full) {
                 Ok(m) if m.is_dir() => Ok(false),
@@ -327,8 +384,7 @@ impl Shared<'_> {
 
     fn restore_entry(&self, f: &FileAtPoint) {
         let result = (|| -> Result<(), FileFail> {
-            let rel = wire_to_os_path(&f.path, f.raw_path.as_deref())
-                .map_err(|e| FileFail::Msg(e.to_string()))?;
+            let rel = self.local_rel(f).map_err(FileFail::Msg)?;
             let full = safe_join(&self.root, &rel, true).map_err(FileFail::Msg)?;
             match f.kind {
                 FileKind::Symlink => self.restore_symlink(f, &full),
@@ -384,7 +440,7 @@ impl Shared<'_> {
         let mut beside = false;
         if let Ok(meta) = fs::symlink_metadata(full) {
             if meta.is_file() && meta.len() == f.size && same_mtime(&meta, f) {
-                self.bump(|r| r.files_skipped += 1);
+                self.skipped(f);
                 return Ok(());
             }
             if meta.is_dir() || meta.file_type().is_symlink() || !self.opts.overwrite {
@@ -394,7 +450,7 @@ impl Shared<'_> {
                 beside = true;
                 if let Ok(m) = fs::symlink_metadata(&dest) {
                     if m.is_file() && m.len() == f.size && same_mtime(&m, f) {
-                        self.bump(|r| r.files_skipped += 1);
+                        self.skipped(f);
                         return Ok(());
                     }
                 }
@@ -520,6 +576,343 @@ fn read_stream<R: Read>(
         )));
     }
     Ok(())
+}
+
+/// File names the target operating system can hold, and the safe names given to those it cannot.
+///
+/// The rules are plain data ([`NameRules`]), independent of the machine the code runs on, so the
+/// Windows rules are tested everywhere; a restore uses [`NameRules::native`].
+pub mod names {
+    use std::path::PathBuf;
+
+    use keepsake_common::path::{validate_wire_pair, wire_path_bytes, wire_to_os_path};
+
+    /// Which file-name rules apply.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum NameRules {
+        /// Any name without '/' and NUL (Linux, macOS, BSD; NAS file systems).
+        Unix,
+        /// Windows (NTFS, exFAT as Windows mounts them): no reserved device names, none of
+        /// `<>:"|?*\` or control characters, no trailing dot or space.
+        Windows,
+    }
+
+    impl NameRules {
+        /// The rules of the operating system this runs on.
+        pub fn native() -> NameRules {
+            if cfg!(windows) {
+                NameRules::Windows
+            } else {
+                NameRules::Unix
+            }
+        }
+    }
+
+    /// Device names Windows reserves in every folder, with or without an extension.
+    const WINDOWS_RESERVED: &[&str] = &[
+        "CON",
+        "PRN",
+        "AUX",
+        "NUL",
+        "COM1",
+        "COM2",
+        "COM3",
+        "COM4",
+        "COM5",
+        "COM6",
+        "COM7",
+        "COM8",
+        "COM9",
+        "COM\u{b9}",
+        "COM\u{b2}",
+        "COM\u{b3}",
+        "LPT1",
+        "LPT2",
+        "LPT3",
+        "LPT4",
+        "LPT5",
+        "LPT6",
+        "LPT7",
+        "LPT8",
+        "LPT9",
+        "LPT\u{b9}",
+        "LPT\u{b2}",
+        "LPT\u{b3}",
+    ];
+
+    /// Characters Windows refuses in a name (besides control characters).
+    const WINDOWS_FORBIDDEN: &[char] = &['<', '>', ':', '"', '|', '?', '*', '\\', '/'];
+
+    fn forbidden_char(c: char, rules: NameRules) -> bool {
+        match rules {
+            NameRules::Unix => c == '/' || c == '\0',
+            NameRules::Windows => (c as u32) < 0x20 || WINDOWS_FORBIDDEN.contains(&c),
+        }
+    }
+
+    fn windows_reserved(name: &str) -> bool {
+        // "CON", "con.txt", "Con .jpg" and "CON.tar.gz" all name the console device.
+        let stem = name.split('.').next().unwrap_or(name).trim_end_matches(' ');
+        WINDOWS_RESERVED
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(stem))
+    }
+
+    /// Why `name` cannot be a file name under `rules`; `None` when it can.
+    pub fn name_problem(name: &str, rules: NameRules) -> Option<&'static str> {
+        if name.is_empty() || name == "." || name == ".." {
+            return Some("is empty or a '.'/'..' component");
+        }
+        if name.chars().any(|c| forbidden_char(c, rules)) {
+            return Some(match rules {
+                NameRules::Unix => "contains '/' or NUL",
+                NameRules::Windows => {
+                    "contains a character Windows does not allow (<>:\"|?*\\ or a control character)"
+                }
+            });
+        }
+        if rules == NameRules::Windows {
+            if name.ends_with('.') || name.ends_with(' ') {
+                return Some("ends with a dot or a space (Windows drops them)");
+            }
+            if windows_reserved(name) {
+                return Some(
+                    "is a device name Windows reserves (CON, PRN, AUX, NUL, COM1-9, LPT1-9)",
+                );
+            }
+        }
+        None
+    }
+
+    /// The safe form of `shown` (a name as displayed), tagged with a short hash of the original
+    /// bytes so that different originals never end up under one name: forbidden characters
+    /// become '_', trailing dots and spaces become '_', and `~` plus six hex digits go before the
+    /// extension (`Anna?.jpg` → `Anna_~1f2e3d.jpg`, `CON.txt` → `CON~a1b2c3.txt`), so the file
+    /// still opens with its application.
+    fn tagged(shown: &str, original: &[u8], rules: NameRules) -> String {
+        let mut out: String = shown
+            .chars()
+            .map(|c| if forbidden_char(c, rules) { '_' } else { c })
+            .collect();
+        let keep = out.trim_end_matches(['.', ' ']).len();
+        let dropped = out.len() - keep;
+        out.truncate(keep);
+        out.extend(std::iter::repeat_n('_', dropped));
+        if out.is_empty() {
+            out.push('_');
+        }
+        let tag = blake3::hash(original).to_hex();
+        let tag = &tag.as_str()[..6];
+        let at = |dot: Option<usize>| match dot {
+            Some(dot) if dot > 0 && dot + 1 < out.len() => {
+                format!("{}~{tag}{}", &out[..dot], &out[dot..])
+            }
+            _ => format!("{out}~{tag}"),
+        };
+        let safe = at(out.rfind('.'));
+        if rules == NameRules::Windows && windows_reserved(&safe) {
+            // `nul.tar.gz`: Windows reads the name up to the first dot.
+            return at(out.find('.'));
+        }
+        safe
+    }
+
+    /// A name valid under `rules` for `name`; `None` when `name` is valid as it is. Pure: the
+    /// same name always maps to the same safe name, and the safe name is itself valid.
+    pub fn safe_name(name: &str, rules: NameRules) -> Option<String> {
+        name_problem(name, rules)?;
+        Some(tagged(name, name.as_bytes(), rules))
+    }
+
+    /// Where a wire path (`path`, with its exact bytes `raw` for non-UTF-8 names) is restored,
+    /// relative to the target, under `rules`; `true` when some component had to be renamed.
+    pub fn local_rel_path(
+        path: &str,
+        raw: Option<&[u8]>,
+        rules: NameRules,
+    ) -> Result<(PathBuf, bool), String> {
+        match rules {
+            // Every name the wire format allows (no NUL, no '/' inside a name, no '.'/'..') is
+            // valid on Unix, byte for byte.
+            NameRules::Unix => wire_to_os_path(path, raw)
+                .map(|p| (p, false))
+                .map_err(|e| e.to_string()),
+            NameRules::Windows => {
+                validate_wire_pair(path, raw).map_err(|e| e.to_string())?;
+                let mut out = PathBuf::new();
+                let mut renamed = false;
+                for comp in path.split('/') {
+                    let bytes = wire_path_bytes(comp);
+                    let name = match std::str::from_utf8(&bytes) {
+                        Ok(name) => match safe_name(name, rules) {
+                            Some(safe) => {
+                                renamed = true;
+                                safe
+                            }
+                            None => name.to_string(),
+                        },
+                        // Windows names are Unicode: a non-UTF-8 name is shown with U+FFFD and
+                        // tagged with its original bytes.
+                        Err(_) => {
+                            renamed = true;
+                            tagged(&String::from_utf8_lossy(&bytes), &bytes, rules)
+                        }
+                    };
+                    out.push(name);
+                }
+                Ok((out, renamed))
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use NameRules::{Unix, Windows};
+
+        #[test]
+        fn windows_reserved_device_names() {
+            for n in [
+                "CON",
+                "con",
+                "Con.txt",
+                "PRN",
+                "AUX.jpg",
+                "NUL",
+                "nul.tar.gz",
+                "COM1",
+                "com9.log",
+                "LPT1",
+                "lpt9",
+                "CON .txt",
+                "COM\u{b9}",
+            ] {
+                assert!(name_problem(n, Windows).is_some(), "{n}");
+                let safe = safe_name(n, Windows).unwrap();
+                assert!(name_problem(&safe, Windows).is_none(), "{n} -> {safe}");
+            }
+            for n in [
+                "CONSOLE.txt",
+                "COM10",
+                "LPT0",
+                "icon.png",
+                "NULL",
+                "AUXILIARY",
+                "com",
+            ] {
+                assert_eq!(name_problem(n, Windows), None, "{n}");
+                assert_eq!(safe_name(n, Windows), None, "{n}");
+            }
+            let s = safe_name("CON.txt", Windows).unwrap();
+            assert!(s.starts_with("CON~") && s.ends_with(".txt"), "{s}");
+        }
+
+        #[test]
+        fn windows_forbidden_characters_and_trailing_dots() {
+            for n in [
+                "a<b",
+                "a>b",
+                "Anna: ceremony",
+                "say \"yes\"",
+                "a|b",
+                "what?.jpg",
+                "star*.CR3",
+                "back\\slash",
+                "tab\there",
+                "bell\u{7}",
+                "ends.",
+                "ends ",
+                "dots...",
+            ] {
+                let safe = safe_name(n, Windows).unwrap_or_else(|| panic!("{n} must be mapped"));
+                assert!(name_problem(&safe, Windows).is_none(), "{n} -> {safe}");
+                assert!(
+                    !safe.contains(['<', '>', ':', '"', '|', '?', '*', '\\', '\t']),
+                    "{safe}"
+                );
+                assert!(!safe.ends_with('.') && !safe.ends_with(' '), "{safe}");
+                // Deterministic.
+                assert_eq!(safe_name(n, Windows).unwrap(), safe);
+            }
+            let s = safe_name("what?.jpg", Windows).unwrap();
+            assert!(s.starts_with("what_~") && s.ends_with(".jpg"), "{s}");
+            assert_eq!(s.len(), "what_~123456.jpg".len());
+            // Different originals never share a safe name, even when '_' replaced different
+            // characters.
+            assert_ne!(
+                safe_name("a?b", Windows).unwrap(),
+                safe_name("a*b", Windows).unwrap()
+            );
+            // Names that are fine stay as they are (Unicode included).
+            for n in [
+                "IMG_0001.CR3",
+                ".keepsakeignore",
+                "Café Ceremony",
+                "a_b",
+                "x.y.z",
+                "日本",
+            ] {
+                assert_eq!(safe_name(n, Windows), None, "{n}");
+            }
+        }
+
+        #[test]
+        fn unix_accepts_every_wire_name() {
+            for n in [
+                "CON",
+                "nul.txt",
+                "what?.jpg",
+                "Anna: ceremony",
+                "ends.",
+                "ends ",
+                "a|b",
+                "tab\there",
+            ] {
+                assert_eq!(name_problem(n, Unix), None, "{n}");
+                assert_eq!(safe_name(n, Unix), None, "{n}");
+            }
+            assert!(name_problem("a/b", Unix).is_some());
+            assert!(name_problem("a\0b", Unix).is_some());
+            assert_eq!(safe_name("a/b", Unix).unwrap().find('/'), None);
+        }
+
+        #[test]
+        fn local_paths_map_each_component() {
+            let (p, renamed) = local_rel_path("Weddings/CON/aux.txt", None, Windows).unwrap();
+            assert!(renamed);
+            let comps: Vec<String> = p.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+            assert_eq!(comps.len(), 3);
+            assert_eq!(comps[0], "Weddings");
+            assert!(comps[1].starts_with("CON~"), "{comps:?}");
+            assert!(comps[2].starts_with("aux~") && comps[2].ends_with(".txt"));
+            let (p, renamed) = local_rel_path("DCIM/IMG_0001.CR3", None, Windows).unwrap();
+            assert!(!renamed);
+            assert_eq!(p, PathBuf::from("DCIM").join("IMG_0001.CR3"));
+            // A non-UTF-8 name (shown with an escape, exact bytes in raw) gets a tagged name.
+            let (shown, raw) = keepsake_common::path::bytes_to_wire(b"Caf\xe9");
+            assert!(raw);
+            let (p, renamed) = local_rel_path(&shown, Some(b"Caf\xe9"), Windows).unwrap();
+            assert!(renamed);
+            let name = p.to_string_lossy().into_owned();
+            assert!(name.starts_with("Caf\u{fffd}~"), "{name}");
+            let (p2, _) = local_rel_path(
+                &keepsake_common::path::bytes_to_wire(b"Caf\xe8").0,
+                Some(b"Caf\xe8"),
+                Windows,
+            )
+            .unwrap();
+            assert_ne!(p, p2);
+            // Traversal is refused whatever the rules.
+            for rules in [Unix, Windows] {
+                assert!(local_rel_path("../x", None, rules).is_err());
+                assert!(local_rel_path("a/../../x", None, rules).is_err());
+            }
+            // Unix keeps names byte for byte.
+            let (p, renamed) = local_rel_path("Weddings/CON/what?.jpg", None, Unix).unwrap();
+            assert!(!renamed);
+            assert_eq!(p, PathBuf::from("Weddings/CON/what?.jpg"));
+        }
+    }
 }
 
 #[cfg(test)]

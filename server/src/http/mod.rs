@@ -12,6 +12,7 @@ mod jobs;
 mod keys;
 mod points;
 mod policy;
+mod recovery;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -205,6 +206,26 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/wedding-critical", post(policy::add_critical))
         .route("/v1/vendor-config", put(policy::put_vendor_config))
         .route("/v1/schedules", post(policy::add_schedule))
+        .route(
+            "/v1/recovery-jobs",
+            post(recovery::create_job).get(recovery::list_jobs),
+        )
+        .route("/v1/recovery-jobs/claim", post(recovery::claim))
+        .route("/v1/recovery-jobs/{id}", get(recovery::get_job))
+        .route("/v1/recovery-jobs/{id}/cancel", post(recovery::cancel_job))
+        .route("/v1/recovery-jobs/{id}/progress", post(recovery::progress))
+        .route("/v1/recovery-jobs/{id}/logs", post(recovery::add_log))
+        .route("/v1/recovery-jobs/{id}/finish", post(recovery::finish))
+        .route("/v1/recovery-drills", post(recovery::record_drill))
+        .route("/v1/disaster-scenarios", get(recovery::list_scenarios))
+        .route(
+            "/v1/disaster-scenarios/{id}/start",
+            post(recovery::start_scenario),
+        )
+        .route(
+            "/v1/org-settings/unsealed-key",
+            put(recovery::put_unsealed_key),
+        )
         .route("/v1/points", get(points::list_points))
         .route("/v1/points/{id}", get(points::get_point))
         .route("/v1/points/{id}/files", get(points::list_files))

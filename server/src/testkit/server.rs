@@ -59,6 +59,35 @@ impl TestServer {
         }
     }
 
+    /// Starts another server on this server's database and default local storage folder, as a
+    /// second server process behind a load balancer would run. (A first server started with
+    /// other storage keeps it to itself: the second one still uses [`Self::storage_dir`].)
+    pub async fn start_another(&self) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("keepsake-testserver")
+            .tempdir()
+            .expect("temp dir");
+        let db = TestDb {
+            name: self.db.name.clone(),
+            config: self.db.config.clone(),
+            socket_dir: self.db.socket_dir.clone(),
+        };
+        let mut config = Config::for_data_dir(dir.path().to_path_buf());
+        config.database = Database::Url(db.url());
+        config.storage = DestinationConfig::Local {
+            path: self.storage_dir(),
+        };
+        let server = app::start(config, std::future::pending())
+            .await
+            .unwrap_or_else(|e| panic!("second test server failed to start: {e}"));
+        TestServer {
+            server: Some(server),
+            db,
+            data_dir: dir.path().to_path_buf(),
+            _dir: dir,
+        }
+    }
+
     /// Base URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
         self.server

@@ -1,0 +1,462 @@
+//! Recovery requests and drills: `keepsake recover`, `keepsake drill`, `keepsake unlock`,
+//! `keepsake lock`.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use keepsake_common::api::RecoveryJobInfo;
+use keepsake_common::keys::{KeyBundle, OrgKeys};
+
+use super::remote::SecretArgs;
+use crate::client::ClientError;
+use crate::home::{Home, SecretSource};
+use crate::recovery::{self, phase, ExecuteOptions, JobProgress, RecoveryOutcome};
+use crate::sync;
+use crate::units::format_bytes;
+
+/// `keepsake recover`.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Keep waiting for new recovery requests (polling) until interrupted.
+    #[arg(long)]
+    pub wait: bool,
+    /// Only show this machine's pending recovery requests.
+    #[arg(long, conflicts_with = "wait")]
+    pub list: bool,
+    /// Seconds between polls with `--wait`.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub poll_interval: u64,
+    /// Files restored in parallel.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `keepsake drill`.
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// How many recent files to restore and check.
+    #[arg(long, default_value_t = recovery::DEFAULT_DRILL_FILES, value_name = "N")]
+    pub files: usize,
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `keepsake unlock`.
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Keep the unsealed key in the home (mode 0600) so that the daemon can execute recovery
+    /// requests unattended; only when the organisation's policy allows it.
+    #[arg(long)]
+    pub remember: bool,
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+}
+
+fn secret_source(a: &SecretArgs) -> SecretSource {
+    SecretSource {
+        passphrase_file: a.passphrase_file.clone(),
+        paper_key_file: a.paper_key_file.clone(),
+    }
+}
+
+/// Reads a passphrase from the terminal without echo.
+fn prompt_passphrase() -> anyhow::Result<String> {
+    let mut err = std::io::stderr();
+    write!(err, "Organisation passphrase: ")?;
+    err.flush()?;
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: termios is plain data; tcgetattr fills it for a descriptor we checked is a TTY.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    let have_tty = unsafe { libc::tcgetattr(fd, &mut saved) } == 0;
+    if have_tty {
+        let mut quiet = saved;
+        quiet.c_lflag &= !libc::ECHO;
+        quiet.c_lflag |= libc::ECHONL;
+        // SAFETY: as above.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    }
+    let mut line = String::new();
+    let read = std::io::stdin().read_line(&mut line);
+    if have_tty {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    }
+    read.context("cannot read the passphrase")?;
+    let pass = line.trim_end_matches(['\r', '\n']).to_string();
+    if pass.is_empty() {
+        bail!("no passphrase given");
+    }
+    Ok(pass)
+}
+
+fn unseal_from_server(home: &Home, secrets: &SecretSource) -> anyhow::Result<OrgKeys> {
+    let (_, client) = sync::client_for(home)?;
+    let active = client
+        .keys()?
+        .active
+        .context("the organisation has no key yet")?;
+    let bundle = KeyBundle::from_json(&active.bundle)?;
+    let no_secret = secrets.paper_key_file.is_none() && secrets.passphrase()?.is_none();
+    if no_secret && std::io::stdin().is_terminal() {
+        let pass = prompt_passphrase()?;
+        return bundle
+            .unseal_with_passphrase(&pass)
+            .context("the passphrase does not unlock the organisation's keys");
+    }
+    secrets
+        .unseal(&bundle)
+        .context("cannot unlock the organisation's keys")
+}
+
+/// The organisation's keys: kept in the home (when allowed), else unsealed with the passphrase
+/// (`--passphrase-file`, `KEEPSAKE_PASSPHRASE`, a prompt on a terminal) or a paper key.
+fn keys_for(home: &Home, secrets: &SecretSource) -> anyhow::Result<OrgKeys> {
+    if let Some(k) = home.stored_secret_keys()? {
+        return Ok(k);
+    }
+    unseal_from_server(home, secrets)
+}
+
+fn job_line(j: &RecoveryJobInfo) -> String {
+    format!(
+        "{}  {:<22} {:<10} {}{}  -> {}{}",
+        j.id,
+        format!("{:?}", j.recovery_type),
+        j.status,
+        if j.is_emergency { "EMERGENCY " } else { "" },
+        if j.path_prefixes.is_empty() {
+            "everything".to_string()
+        } else {
+            j.path_prefixes.join(", ")
+        },
+        j.target_directory.as_deref().unwrap_or("?"),
+        j.waiting_reason
+            .as_ref()
+            .map(|w| format!("  (waiting: {w})"))
+            .unwrap_or_default()
+    )
+}
+
+fn not_supported(e: &ClientError) -> bool {
+    matches!(e.status(), Some(404) | Some(405))
+}
+
+fn cmd_list(home: &Home, args: &RecoverArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let (cfg, client) = sync::client_for(home)?;
+    // Users list recovery jobs; an agent may be refused (403): then the claim endpoint in its
+    // "cannot decrypt" form marks this machine's jobs as waiting and shows the next one.
+    let jobs: Vec<RecoveryJobInfo> = match client.recovery_jobs() {
+        Ok(all) => all
+            .into_iter()
+            .filter(|j| j.target_agent_id == Some(cfg.agent_id))
+            .filter(|j| {
+                matches!(
+                    j.status.as_str(),
+                    "initiated" | "queued" | "claimed" | "running" | "verifying"
+                )
+            })
+            .collect(),
+        Err(e) if matches!(e.status(), Some(401) | Some(403)) => {
+            recovery::claim(&client, false)?.into_iter().collect()
+        }
+        Err(e) if not_supported(&e) => bail!("this server does not support recovery requests"),
+        Err(e) => return Err(e.into()),
+    };
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &jobs)?;
+        writeln!(out)?;
+    } else if jobs.is_empty() {
+        writeln!(out, "no pending recovery requests for this machine")?;
+    } else {
+        for j in &jobs {
+            writeln!(out, "{}", job_line(j))?;
+        }
+    }
+    Ok(0)
+}
+
+fn job_bar(hidden: bool) -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    if hidden || !std::io::stderr().is_terminal() {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+fn run_one(
+    client: &crate::client::ApiClient,
+    keys: &OrgKeys,
+    job: &RecoveryJobInfo,
+    opts: &ExecuteOptions,
+    json: bool,
+) -> RecoveryOutcome {
+    let progress = JobProgress::default();
+    let pb = job_bar(json);
+    let done = AtomicBool::new(false);
+    let outcome = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                let ph = progress.phase.load(Ordering::Relaxed);
+                let total = progress.bytes_total.load(Ordering::Relaxed);
+                pb.set_length(total);
+                let (label, pos) = match ph {
+                    phase::PLANNING => ("checking space", 0),
+                    phase::RESTORING => ("restoring", progress.bytes_done()),
+                    _ => (
+                        "verifying",
+                        progress.validate.bytes.load(Ordering::Relaxed).min(total),
+                    ),
+                };
+                pb.set_position(pos);
+                pb.set_message(format!(
+                    "{label} {} files",
+                    if ph >= phase::VERIFYING {
+                        progress.validate.files.load(Ordering::Relaxed)
+                    } else {
+                        progress.files_done()
+                    }
+                ));
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        });
+        let o = recovery::execute(client, keys, job, opts, &progress);
+        done.store(true, Ordering::Relaxed);
+        o
+    });
+    pb.finish_and_clear();
+    outcome
+}
+
+fn print_outcome(out: &mut dyn Write, o: &RecoveryOutcome) -> std::io::Result<()> {
+    let target = o.target_directory.as_deref().unwrap_or("?");
+    if o.succeeded() {
+        writeln!(
+            out,
+            "recovery {} ({:?}{}): completed: {} files ({}) restored into {target} and validated",
+            o.job_id,
+            o.recovery_type,
+            if o.is_emergency { ", emergency" } else { "" },
+            o.files_recovered,
+            format_bytes(o.bytes_recovered),
+        )?;
+    } else {
+        writeln!(
+            out,
+            "recovery {} ({:?}{}): FAILED: {}",
+            o.job_id,
+            o.recovery_type,
+            if o.is_emergency { ", emergency" } else { "" },
+            o.error.as_deref().unwrap_or("unknown error")
+        )?;
+    }
+    if o.files_beside > 0 {
+        writeln!(
+            out,
+            "  {} file(s) differed from local files, which were kept; the restored copies are beside them (.restored)",
+            o.files_beside
+        )?;
+    }
+    if o.renamed_count > 0 {
+        writeln!(
+            out,
+            "  {} path(s) restored under safe names:",
+            o.renamed_count
+        )?;
+        for r in o.renamed.iter().take(20) {
+            writeln!(out, "    {} -> {}", r.original, r.restored_as)?;
+        }
+    }
+    for f in o.failures.iter().take(20) {
+        writeln!(out, "  FAILED {}: {}", f.path, f.error)?;
+    }
+    if let Some(v) = &o.validation {
+        writeln!(
+            out,
+            "  validation: {} files, {} re-read; {} mismatched, {} missing, {} extra",
+            v.files_checked,
+            format_bytes(v.bytes_checked),
+            v.mismatches,
+            v.missing,
+            v.extra
+        )?;
+    }
+    if !o.finish_reported {
+        writeln!(
+            out,
+            "  the server did not get the result; the request will be retried"
+        )?;
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_recover(
+    home_dir: &Path,
+    args: RecoverArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let home = Home::new(home_dir);
+    if args.list {
+        return cmd_list(&home, &args, out);
+    }
+    let (_, client) = sync::client_for(&home)?;
+    // Unlock first: a wrong passphrase claims nothing and writes nothing.
+    let keys = keys_for(&home, &secret_source(&args.secrets))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    if args.wait {
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, stop.clone())
+                .context("cannot install signal handlers")?;
+        }
+    }
+    let opts = ExecuteOptions {
+        workers: args.workers.max(1),
+        ..ExecuteOptions::default()
+    };
+    let mut outcomes: Vec<RecoveryOutcome> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let job = match recovery::claim(&client, true) {
+            Ok(j) => j,
+            Err(e) if not_supported(&e) => bail!("this server does not support recovery requests"),
+            Err(e) if args.wait && e.is_transient() => {
+                tracing::warn!(error = %e, "cannot reach the server; retrying");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match job {
+            Some(job) => {
+                if !args.json {
+                    writeln!(out, "claimed {}", job_line(&job))?;
+                }
+                let o = run_one(&client, &keys, &job, &opts, args.json);
+                if !args.json {
+                    print_outcome(out, &o)?;
+                }
+                outcomes.push(o);
+            }
+            None if args.wait => {
+                let until = Instant::now() + Duration::from_secs(args.poll_interval.max(1));
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            None => break,
+        }
+    }
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &outcomes)?;
+        writeln!(out)?;
+    } else if outcomes.is_empty() {
+        writeln!(out, "no recovery requests for this machine")?;
+    }
+    Ok(if outcomes.iter().all(RecoveryOutcome::succeeded) {
+        0
+    } else {
+        1
+    })
+}
+
+pub(crate) fn cmd_drill(
+    home_dir: &Path,
+    args: DrillArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let home = Home::new(home_dir);
+    let (cfg, client) = sync::client_for(&home)?;
+    let keys = keys_for(&home, &secret_source(&args.secrets))?;
+    let o = recovery::drill(&client, &keys, cfg.agent_id, &home.path("tmp"), args.files)?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &o)?;
+        writeln!(out)?;
+    } else {
+        let v = &o.validation;
+        writeln!(
+            out,
+            "restore drill of {} ({}): {}: {} of {} sampled files restored ({}) and re-read; {} mismatched, {} missing{}",
+            o.recovery_point_id,
+            o.root_path,
+            if o.passed { "PASSED" } else { "FAILED" },
+            o.files_restored,
+            o.files.len(),
+            format_bytes(o.bytes_restored),
+            v.mismatches,
+            v.missing,
+            if o.reported { "" } else { " (not recorded on the server)" }
+        )?;
+        if let Some(e) = &o.error {
+            writeln!(out, "  {e}")?;
+        }
+    }
+    Ok(if o.passed { 0 } else { 1 })
+}
+
+pub(crate) fn cmd_unlock(
+    home_dir: &Path,
+    args: UnlockArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let home = Home::new(home_dir);
+    let (_, client) = sync::client_for(&home)?;
+    let secrets = secret_source(&args.secrets);
+    if !args.remember {
+        unseal_from_server(&home, &secrets)?;
+        writeln!(
+            out,
+            "the passphrase unlocks the organisation's keys (nothing was kept; --remember keeps the key for the daemon)"
+        )?;
+        return Ok(0);
+    }
+    let policy = client.policy()?;
+    if !policy.agents_keep_unsealed_key {
+        bail!(
+            "the organisation does not allow keeping the unsealed key on its machines \
+             (policy agents_keep_unsealed_key is off); recovery requests are executed with \
+             `keepsake recover` and the passphrase"
+        );
+    }
+    let keys = unseal_from_server(&home, &secrets)?;
+    home.save_secret_keys(&keys)?;
+    writeln!(
+        out,
+        "the unsealed key is kept in {} (owner-only); the daemon now executes recovery requests for this machine. `keepsake lock` removes it",
+        home.path(crate::home::SECRET_KEYS_FILE).display()
+    )?;
+    Ok(0)
+}
+
+pub(crate) fn cmd_lock(home_dir: &Path, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let home = Home::new(home_dir);
+    let had = home.stored_secret_keys().ok().flatten().is_some()
+        || home.path(crate::home::SECRET_KEYS_FILE).exists();
+    home.forget_secret_keys()?;
+    writeln!(
+        out,
+        "{}",
+        if had {
+            "the unsealed key was removed from this machine; recovery requests now wait for the passphrase"
+        } else {
+            "no unsealed key was kept on this machine"
+        }
+    )?;
+    Ok(0)
+}
