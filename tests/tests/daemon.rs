@@ -355,8 +355,11 @@ fn the_next_server_url_takes_over_when_the_first_fails() {
         Some(&d),
         || has(&w, "b.JPG"),
     );
-    let st = a.json(&["status"]);
-    assert_eq!(st["status"]["state"], "idle", "{st}");
+    // The run that committed it ends without an error (the status is written after the run).
+    wait_until("state idle", Duration::from_secs(30), Some(&d), || {
+        let st = a.json(&["status"]);
+        st["status"]["state"] == "idle" && st["status"]["sources"][0]["last_error"].is_null()
+    });
     assert_eq!(versions(&w, "a.JPG"), 1);
     restore_latest_equals(&a, &w, &dir);
     drop(second);
@@ -486,4 +489,83 @@ fn chrono_today() -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn admin_put(w: &World, token: &str, path: &str, body: serde_json::Value) -> reqwest::StatusCode {
+    reqwest::blocking::Client::new()
+        .put(format!("{}{path}", w.server.url))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .unwrap()
+        .status()
+}
+
+/// Local time `offset` from now as `HH:MM` (the daemon reads the window in local time).
+fn local_hhmm(offset: &str) -> String {
+    let out = std::process::Command::new("date")
+        .args(["-d", offset, "+%H:%M"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn the_upload_window_pauses_and_the_bandwidth_limit_paces_uploads() {
+    let w = World::new();
+    let org = w.create_org("Venue Hours");
+    let admin = org["admin_token"].as_str().unwrap().to_string();
+    let a = w.agent("laptop", org["enroll_token"].as_str().unwrap());
+    // The organisation uploads only overnight: a window that opens in two hours.
+    let closed = serde_json::json!({
+        "supplier_type": "photographer", "settle_window_seconds": 1,
+        "schedule_window_start": local_hhmm("+2 hours"), "schedule_window_end": local_hhmm("+3 hours"),
+        "bandwidth_limit_kbps": 4000
+    });
+    assert_eq!(
+        admin_put(&w, &admin, "/v1/vendor-config", closed),
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let dir = w.dir("venue");
+    std::fs::write(dir.join("small.JPG"), random_bytes(71, 100_000)).unwrap();
+    let d = Daemon::start(&a, &[&dir], &["--settle", "1"]);
+    wait_until(
+        "the paused state",
+        Duration::from_secs(30),
+        Some(&d),
+        || a.json(&["status"])["status"]["state"] == "paused",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !has(&w, "small.JPG"),
+        "nothing is uploaded outside the window\n{}",
+        d.log()
+    );
+    // The window opens (no window any more); the 4000 kbit/s limit stays.
+    let open = serde_json::json!({
+        "supplier_type": "photographer", "settle_window_seconds": 1, "bandwidth_limit_kbps": 4000
+    });
+    assert_eq!(
+        admin_put(&w, &admin, "/v1/vendor-config", open),
+        reqwest::StatusCode::NO_CONTENT
+    );
+    wait_until(
+        "the waiting file once the window opens",
+        Duration::from_secs(30),
+        Some(&d),
+        || has(&w, "small.JPG"),
+    );
+    // 2 MB at 500 kB/s take at least 4 s to upload (unlimited: well under 2 s end to end).
+    let started = Instant::now();
+    std::fs::write(dir.join("big.CR3"), random_bytes(72, 2_000_000)).unwrap();
+    wait_until("the paced file", Duration::from_secs(60), Some(&d), || {
+        has(&w, "big.CR3")
+    });
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(4),
+        "2 MB committed in {took:?} despite the limit\n{}",
+        d.log()
+    );
+    restore_latest_equals(&a, &w, &dir);
 }

@@ -718,10 +718,13 @@ fn the_daemon_flags_jobs_waiting_for_the_key_and_executes_them_once_allowed() {
         ],
     );
     let id = id_of(&job);
+    // Something of its own to back up, for the scheduled drill to sample.
+    std::fs::write(watched.join("IMG_0001.CR3"), random_bytes(9001, 200_000)).unwrap();
     let log = nas.home.join("daemon.log");
     let mut daemon = nas
         .cmd()
         .args(["run", "--policy-interval", "1", "--heartbeat-interval", "5"])
+        .args(["--settle", "1", "--drill-interval", "3"])
         .arg("--log-file")
         .arg(&log)
         .arg(&watched)
@@ -770,6 +773,14 @@ fn the_daemon_flags_jobs_waiting_for_the_key_and_executes_them_once_allowed() {
     });
     assert_completed(w, &st.org, &id);
     assert_eq!(tree_hashes(&target), tree_hashes(&st.shoot));
+    // With the key kept, the daemon also runs its scheduled restore drill and records it.
+    wait("a scheduled restore drill", &|| {
+        w.count(
+            "SELECT count(*) FROM recovery_jobs j JOIN agents a ON a.id = j.target_agent_id \
+             WHERE a.name = 'nas' AND j.notes = 'restore drill' AND j.status = 'completed' \
+               AND j.verification_passed",
+        ) >= 1
+    });
     // `lock` removes the key again.
     nas.ok(&["lock"]);
     assert!(!nas.home.join("secret-keys.json").exists());

@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Upload limit in kbit/s (else the organisation's setting).
     #[arg(long)]
     pub bandwidth_kbps: Option<u32>,
+    /// Seconds between restore drills (only when the organisation lets this machine keep the
+    /// key: `keepsake unlock --remember`); 0 turns them off.
+    #[arg(long, default_value_t = 86_400)]
+    pub drill_interval: u64,
     /// Write logs to FILE instead of stderr.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
@@ -70,6 +74,7 @@ pub(crate) fn cmd_run(home: &Path, args: RunArgs, out: &mut dyn Write) -> anyhow
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval.max(1)),
         watch: !args.no_watch,
         bandwidth_kbps: args.bandwidth_kbps,
+        drill_interval: (args.drill_interval > 0).then(|| Duration::from_secs(args.drill_interval)),
         ..DaemonOptions::default()
     };
     let mut d = Daemon::new(Home::new(home), args.paths, opts, stop)?;

@@ -66,6 +66,13 @@ pub struct DaemonOptions {
     pub settle: Duration,
     /// Quiet time after the last event before a run starts.
     pub debounce: Duration,
+    /// A restore drill (a sample of recent files restored into a scratch folder and validated,
+    /// the result recorded on the server) this often, when the daemon may keep the key; `None`
+    /// for never.
+    pub drill_interval: Option<Duration>,
+    /// Longest a run waits for quiet: during a long burst (a card dump) runs start anyway, so
+    /// the files that have settled are committed while the rest is still being written.
+    pub max_batch_wait: Duration,
     /// Full rescans of every source this often (and of unwatched sources).
     pub rescan_interval: Duration,
     /// How often the policy is pulled.
@@ -85,6 +92,8 @@ impl Default for DaemonOptions {
         DaemonOptions {
             settle: Duration::from_secs(5),
             debounce: Duration::from_millis(500),
+            max_batch_wait: Duration::from_secs(2),
+            drill_interval: Some(Duration::from_secs(24 * 3600)),
             rescan_interval: Duration::from_secs(15 * 60),
             policy_interval: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(60),
@@ -166,6 +175,8 @@ struct SourceState {
     root: PathBuf,
     dirty: bool,
     last_event: Option<Instant>,
+    /// The first event since the last run started.
+    first_event: Option<Instant>,
     next_run: Instant,
     failures: u32,
     last_full_scan: Instant,
@@ -356,6 +367,7 @@ impl Daemon {
                 // Reconcile every source against the catalog at start.
                 dirty: true,
                 last_event: None,
+                first_event: None,
                 next_run: now,
                 failures: 0,
                 last_full_scan: now,
@@ -391,6 +403,7 @@ impl Daemon {
         }
         let mut next_policy = Instant::now();
         let mut next_heartbeat = Instant::now();
+        let mut next_drill = self.opts.drill_interval.map(|d| Instant::now() + d);
         tracing::info!(sources = roots.len(), "keepsake daemon running");
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
@@ -416,11 +429,15 @@ impl Daemon {
                     s.last_full_scan = now;
                 }
             }
+            let (debounce, max_wait) = (self.opts.debounce, self.opts.max_batch_wait);
             let due = self.sources.iter().position(|s| {
                 s.dirty
                     && now >= s.next_run
-                    && s.last_event
-                        .is_none_or(|t| now.duration_since(t) >= self.opts.debounce)
+                    && (s
+                        .last_event
+                        .is_none_or(|t| now.duration_since(t) >= debounce)
+                        || s.first_event
+                            .is_some_and(|t| now.duration_since(t) >= max_wait))
             });
             if let Some(i) = due {
                 if self.upload_window_open() {
@@ -430,6 +447,12 @@ impl Daemon {
                     self.sources[i].next_run = Instant::now() + Duration::from_secs(30);
                 }
                 self.write_status();
+            }
+            if let (Some(at), Some(every)) = (next_drill, self.opts.drill_interval) {
+                if Instant::now() >= at {
+                    self.scheduled_drill();
+                    next_drill = Some(Instant::now() + every);
+                }
             }
             if Instant::now() >= next_heartbeat {
                 self.send_heartbeat();
@@ -468,7 +491,11 @@ impl Daemon {
                     .last_event
                     .map(|t| t + self.opts.debounce)
                     .unwrap_or(s.next_run);
-                after_quiet.max(s.next_run)
+                let at_most = s
+                    .first_event
+                    .map(|t| t + self.opts.max_batch_wait)
+                    .unwrap_or(after_quiet);
+                after_quiet.min(at_most).max(s.next_run)
             })
             .min()
             .unwrap_or_else(|| Instant::now() + Duration::from_millis(500))
@@ -480,6 +507,7 @@ impl Daemon {
                 if let Some(s) = self.sources.get_mut(index) {
                     s.dirty = true;
                     s.last_event = Some(at);
+                    s.first_event.get_or_insert(at);
                 }
             }
             WatchEvent::Rescan { index, reason } => {
@@ -545,9 +573,11 @@ impl Daemon {
                             Some((c, next))
                         })
                         .collect();
-                    // Rules changed: rescan so they apply to what is already there.
+                    // Rules changed: rescan now so they apply to what is already there (and a
+                    // paused source resumes as soon as its upload window opens).
                     for s in &mut self.sources {
                         s.dirty = true;
+                        s.next_run = Instant::now();
                     }
                     self.policy = Some(p);
                 }
@@ -573,6 +603,37 @@ impl Daemon {
         if !done.is_empty() {
             let failed = done.iter().filter(|o| !o.succeeded()).count();
             tracing::info!(jobs = done.len(), failed, "recovery requests executed");
+        }
+    }
+
+    /// The scheduled restore drill: only with a kept key the organisation allows (a drill
+    /// needs to decrypt); the result is recorded on the server by [`crate::recovery::drill`].
+    fn scheduled_drill(&mut self) {
+        if !self
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.agents_keep_unsealed_key)
+        {
+            return;
+        }
+        let keys = match self.home.stored_secret_keys() {
+            Ok(Some(k)) => k,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the kept key; no restore drill");
+                return;
+            }
+        };
+        let Ok((cfg, client)) = sync::client_with_retry(&self.home, Some(BACKUP_RETRY)) else {
+            return;
+        };
+        match crate::recovery::drill(&client, &keys, cfg.agent_id, &self.home.path("tmp"), 20) {
+            Ok(o) => tracing::info!(
+                files = o.files_restored,
+                passed = o.validation.passed(),
+                "restore drill recorded"
+            ),
+            Err(e) => tracing::warn!(error = %e, "restore drill failed"),
         }
     }
 
@@ -622,6 +683,7 @@ impl Daemon {
 
     /// Backs up source `i`: a wedding-critical pass (when rules apply), then everything settled.
     fn run_source(&mut self, i: usize) {
+        self.sources[i].first_event = None;
         self.state = "backing_up".into();
         self.write_status();
         let root = self.sources[i].root.clone();
@@ -881,4 +943,30 @@ pub fn read_status(home: &Home) -> (Option<DaemonStatus>, bool) {
         Err(_) => false,
     };
     (status, running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_window;
+    use chrono::NaiveTime;
+
+    fn t(s: &str) -> NaiveTime {
+        NaiveTime::parse_from_str(s, "%H:%M").unwrap()
+    }
+
+    #[test]
+    fn upload_windows_within_a_day_and_across_midnight() {
+        assert!(in_window("09:00", "17:00", t("09:00")));
+        assert!(in_window("09:00", "17:00", t("16:59")));
+        assert!(!in_window("09:00", "17:00", t("17:00")));
+        assert!(!in_window("09:00", "17:00", t("08:59")));
+        // Overnight at the venue: 22:00 to 06:30.
+        assert!(in_window("22:00", "06:30", t("23:15")));
+        assert!(in_window("22:00", "06:30", t("00:00")));
+        assert!(in_window("22:00", "06:30", t("06:29")));
+        assert!(!in_window("22:00", "06:30", t("06:30")));
+        assert!(!in_window("22:00", "06:30", t("12:00")));
+        // A window the daemon cannot read never stops uploads.
+        assert!(in_window("25:00", "06:30", t("12:00")));
+    }
 }
