@@ -371,3 +371,44 @@ fn a_flipped_byte_in_a_stored_pack_fails_that_file_only() {
         "every other file restored intact"
     );
 }
+
+#[test]
+fn a_mistyped_passphrase_at_enrolment_is_retried_without_a_new_token() {
+    let w = World::new();
+    let org = w.create_org("Typo Studio");
+    let first = w.agent("first", org["enroll_token"].as_str().unwrap());
+    let token = w.enroll_token(org["slug"].as_str().unwrap());
+    let mut second = AgentHome::new(&w.root.join("home-second"));
+    second.passphrase = "not the passphrase".into();
+    let args = [
+        "enroll",
+        "--server",
+        &w.server.url,
+        "--token",
+        &token,
+        "--name",
+        "second",
+        "--json",
+    ];
+    let bad = second.run(&args);
+    assert!(
+        !bad.status.success(),
+        "a wrong passphrase must not unlock the keys"
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("keepsake enroll") && err.contains("no new token"),
+        "{err}"
+    );
+    // The token is spent; the same command with the right passphrase finishes the enrolment.
+    second.passphrase = first.passphrase.clone();
+    second.ok(&args);
+    let dir = w.dir("second-photos");
+    std::fs::write(dir.join("IMG_1.JPG"), random_bytes(5, 50_000)).unwrap();
+    second.ok(&["backup", dir.to_str().unwrap()]);
+    assert_eq!(
+        w.count("SELECT count(*) FROM agents WHERE name = 'second'"),
+        1,
+        "one machine, not two"
+    );
+}

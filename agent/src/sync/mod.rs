@@ -112,6 +112,12 @@ fn hostname() -> Option<String> {
 /// organisation's keys. Only the sealed bundle ever goes to the server.
 pub fn enroll(home: &Home, opts: &EnrollOptions) -> Result<Enrolled, SyncError> {
     if home.is_enrolled() {
+        // Enrolled, but the keys were never set up or unlocked (e.g. a mistyped passphrase
+        // after the token was spent): finish that with the saved agent token; the new
+        // enrolment token is not used.
+        if home.public_keys().is_err() {
+            return finish_enrolment(home, opts);
+        }
         return Err(SyncError::Other(format!(
             "{} already holds an enrolled agent; use another --home for a second agent",
             home.dir().display()
@@ -144,16 +150,31 @@ pub fn enroll(home: &Home, opts: &EnrollOptions) -> Result<Enrolled, SyncError> 
         allow_unsealed_key_on_disk: e.allow_unsealed_key_on_disk,
     };
     home.save_config(&cfg)?;
+    finish_enrolment(home, opts)
+}
+
+/// Sets up (first machine) or unlocks the organisation's keys for an enrolled home. A wrong
+/// passphrase leaves the home enrolled without keys; running `keepsake enroll` again with the
+/// right one finishes here.
+fn finish_enrolment(home: &Home, opts: &EnrollOptions) -> Result<Enrolled, SyncError> {
+    let cfg = home.config()?;
     let client = ApiClient::new(cfg.server_urls.clone(), Some(cfg.token.clone()))?;
-    let (keys, generated, paper) = setup_keys(&client, opts)?;
+    let (keys, generated, paper) = setup_keys(&client, opts).map_err(|e| match e {
+        SyncError::Client(_) => e,
+        other => SyncError::Other(format!(
+            "{other}. This machine is enrolled as {:?} but its keys are not unlocked yet: run \
+             `keepsake enroll` again with the right passphrase or paper key (no new token needed)",
+            cfg.agent_name
+        )),
+    })?;
     home.save_public_keys(&keys.public())?;
     if cfg.allow_unsealed_key_on_disk {
         home.save_secret_keys(&keys)?;
     }
     Ok(Enrolled {
-        organization_id: e.organization_id,
-        organization_name: e.organization_name,
-        agent_id: e.agent_id,
+        organization_id: cfg.organization_id,
+        organization_name: cfg.organization_name.clone(),
+        agent_id: cfg.agent_id,
         generated_keys: generated,
         key_id: keys.key_id().to_string(),
         secret_keys_on_disk: cfg.allow_unsealed_key_on_disk,
