@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -192,17 +193,30 @@ pub async fn start(
     ))
     .into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move {
+        let begun = Arc::new(tokio::sync::Notify::new());
+        let begun_tx = begun.clone();
         let shutdown = async move {
             tokio::select! {
                 _ = rx => {},
                 _ = stop => {},
             }
             tracing::info!("shutting down: finishing in-flight requests");
+            begun_tx.notify_one();
         };
         let _lock = _lock;
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        // In-flight requests get a grace period; a request stuck longer (a huge commit, a
+        // client that stopped reading) must not keep the server and its database running.
+        // Their transactions roll back when the cluster stops.
+        let served = tokio::select! {
+            r = axum::serve(listener, app).with_graceful_shutdown(shutdown) => r,
+            _ = async {
+                begun.notified().await;
+                tokio::time::sleep(shutdown_grace()).await;
+            } => {
+                tracing::warn!(grace = ?shutdown_grace(), "in-flight requests did not finish in time; stopping anyway");
+                Ok(())
+            }
+        };
         db.pool().close();
         if let Some(mut cluster) = database.cluster {
             tokio::task::spawn_blocking(move || cluster.stop())
@@ -216,6 +230,16 @@ pub async fn start(
         shutdown: Some(tx),
         task,
     })
+}
+
+/// How long a stopping server waits for in-flight requests: 30 s, or
+/// `KEEPSAKE_SHUTDOWN_GRACE_SECS`.
+fn shutdown_grace() -> std::time::Duration {
+    let secs = std::env::var("KEEPSAKE_SHUTDOWN_GRACE_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(30);
+    std::time::Duration::from_secs(secs)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -398,3 +398,54 @@ async fn admin_commands_share_a_serving_embedded_cluster_and_a_second_server_is_
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_stuck_request_does_not_keep_a_stopping_server_alive() {
+    use std::io::Write as _;
+    let dir = data_dir();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("KEEPSAKE_DATABASE_URL")
+        .env("KEEPSAKE_SHUTDOWN_GRACE_SECS", "2")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn keepsake-server");
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base, Duration::from_secs(60)).await;
+    // A client that announces a body and stops sending it: the request stays in flight.
+    let mut stuck = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stuck
+        .write_all(
+            b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100000\r\n\r\n{\"enroll_token\": ",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "a stuck request kept the server running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "the in-flight request got its grace"
+    );
+    assert!(status.success(), "exit status: {status}");
+    assert!(
+        !postmaster_running(dir.path()),
+        "the embedded cluster is stopped"
+    );
+    drop(stuck);
+}
