@@ -303,50 +303,12 @@ impl World {
 
     /// `keepsake-server admin create-org` through the real binary.
     pub fn create_org(&self, name: &str) -> serde_json::Value {
-        let out = std::process::Command::new(server_bin())
-            .args([
-                "admin",
-                "create-org",
-                name,
-                "--json",
-                "--database-url",
-                &self.db.url(),
-            ])
-            .arg("--data-dir")
-            .arg(self.root.join("server"))
-            .env("KEEPSAKE_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        self.admin_json(&["create-org", name])
     }
 
+    /// Another single-use enrolment token of `org` (slug or id).
     pub fn enroll_token(&self, org: &str) -> String {
-        let out = std::process::Command::new(server_bin())
-            .args([
-                "admin",
-                "enroll-token",
-                "--org",
-                org,
-                "--json",
-                "--database-url",
-                &self.db.url(),
-            ])
-            .arg("--data-dir")
-            .arg(self.root.join("server"))
-            .env("KEEPSAKE_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = self.admin_json(&["enroll-token", "--org", org]);
         v["token"].as_str().unwrap().to_string()
     }
 
@@ -398,6 +360,30 @@ impl World {
                 String::from_utf8_lossy(&out.stdout)
             )
         })
+    }
+
+    /// Flips one bit inside the stored blob of the file at `path` (its first chunk), directly
+    /// in the pack on the server's local storage.
+    pub fn corrupt_blob_of(&self, path: &str) {
+        let (key, off): (String, i64) = self.rt.block_on(async {
+            let c = self.db.owner().await;
+            let r = c
+                .query_one(
+                    "SELECT p.object_key, b.pack_offset FROM backup_files f \
+                     JOIN content_chunks cc ON cc.organization_id = f.organization_id AND cc.content_hash = f.content_hash \
+                     JOIN blobs b ON b.organization_id = cc.organization_id AND b.blob_id = cc.blob_id \
+                     JOIN packs p ON p.id = b.pack_id \
+                     WHERE f.path = $1 LIMIT 1",
+                    &[&path],
+                )
+                .await
+                .unwrap();
+            (r.get(0), r.get(1))
+        });
+        let pack = self.storage().join(key);
+        let mut bytes = std::fs::read(&pack).unwrap();
+        bytes[off as usize + 100] ^= 0x01;
+        std::fs::write(&pack, bytes).unwrap();
     }
 
     /// Runs a statement as the schema owner (test set-up, e.g. organisation settings).

@@ -329,25 +329,7 @@ fn a_flipped_byte_in_a_stored_pack_fails_that_file_only() {
         .unwrap()
         .to_string();
     // Damage the blob of one RAW file inside its pack.
-    let (key, off): (String, i64) = w.rt.block_on(async {
-        let c = w.db.owner().await;
-        let r = c
-            .query_one(
-                "SELECT p.object_key, b.pack_offset FROM backup_files f \
-                 JOIN content_chunks cc ON cc.organization_id = f.organization_id AND cc.content_hash = f.content_hash \
-                 JOIN blobs b ON b.organization_id = cc.organization_id AND b.blob_id = cc.blob_id \
-                 JOIN packs p ON p.id = b.pack_id \
-                 WHERE f.path = 'DCIM/100EOSR5/IMG_0001.CR3' LIMIT 1",
-                &[],
-            )
-            .await
-            .unwrap();
-        (r.get(0), r.get(1))
-    });
-    let pack = w.storage().join(key);
-    let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[off as usize + 100] ^= 0x01;
-    std::fs::write(&pack, bytes).unwrap();
+    w.corrupt_blob_of("DCIM/100EOSR5/IMG_0001.CR3");
 
     let out_dir = w.dir("restored");
     let r = restore(&a, &p, &out_dir, &[]);

@@ -629,25 +629,7 @@ fn space_check_refuses_and_a_corrupted_blob_fails_the_validation() {
 
     // A blob damaged in storage: that file cannot be restored, the validation misses it, the
     // job fails with progress below 100.
-    let (key, off): (String, i64) = w.rt.block_on(async {
-        let c = w.db.owner().await;
-        let r = c
-            .query_one(
-                "SELECT p.object_key, b.pack_offset FROM backup_files f \
-                 JOIN content_chunks cc ON cc.organization_id = f.organization_id AND cc.content_hash = f.content_hash \
-                 JOIN blobs b ON b.organization_id = cc.organization_id AND b.blob_id = cc.blob_id \
-                 JOIN packs p ON p.id = b.pack_id \
-                 WHERE f.path = 'DCIM/100EOSR5/IMG_0001.CR3' LIMIT 1",
-                &[],
-            )
-            .await
-            .unwrap();
-        (r.get(0), r.get(1))
-    });
-    let pack = w.storage().join(key);
-    let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[off as usize + 100] ^= 0x01;
-    std::fs::write(&pack, bytes).unwrap();
+    w.corrupt_blob_of("DCIM/100EOSR5/IMG_0001.CR3");
     let damaged = w.root.join("damaged");
     let job = create_job(
         w,

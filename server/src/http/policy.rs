@@ -260,24 +260,20 @@ pub async fn put_vendor_config(
                 .map_err(|_| ApiError::bad_request("agent_id must be a machine's id"))?,
         ),
     };
-    const FIELDS: &[&str] = &[
-        "supplier_type",
-        "settle_window_seconds",
-        "bandwidth_limit_kbps",
-        "schedule_window_start",
-        "schedule_window_end",
-        "realtime_enabled",
-        "max_file_size_bytes",
-        "priority_extensions",
-    ];
-    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+    let req: VendorSettings = serde_json::from_value(serde_json::Value::Object(obj.clone()))
+        .map_err(|e| ApiError::bad_request(format!("invalid vendor configuration: {e}")))?;
+    // The known fields are the settings' own (serde ignores the others while parsing).
+    let known = match serde_json::to_value(&req).map_err(ApiError::internal)? {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    if let Some(k) = obj.keys().find(|k| !known.contains_key(k.as_str())) {
+        let expected: Vec<&str> = known.keys().map(String::as_str).collect();
         return Err(ApiError::bad_request(format!(
             "unknown field `{k}` (expected agent_id or one of: {})",
-            FIELDS.join(", ")
+            expected.join(", ")
         )));
     }
-    let req: VendorSettings = serde_json::from_value(serde_json::Value::Object(obj))
-        .map_err(|e| ApiError::bad_request(format!("invalid vendor configuration: {e}")))?;
     in_tx!(state, &p.actor(), |tx| {
         tx.execute(
             "INSERT INTO vendor_backup_configs (organization_id, supplier_type, agent_id, settle_window_seconds, \
