@@ -41,6 +41,9 @@ pub struct Tally {
     pub dirs: u64,
     /// Symlinks.
     pub symlinks: u64,
+    /// Named pipes.
+    #[serde(default)]
+    pub fifos: u64,
     /// Bytes of the regular files.
     pub bytes: u64,
 }
@@ -55,6 +58,7 @@ impl Tally {
             }
             EntryKind::Dir => self.dirs += 1,
             EntryKind::Symlink => self.symlinks += 1,
+            EntryKind::Fifo => self.fifos += 1,
         }
     }
 }

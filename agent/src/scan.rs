@@ -8,7 +8,8 @@
 //!   walk with the catalog in one pass without a lookup per file.
 //! * Pruning: an excluded folder (pattern or marker file) is not descended into.
 //! * Symlinks are recorded with their target and not followed (unless configured).
-//! * Special files (fifos, sockets, devices) are reported as skipped and never opened.
+//! * Named pipes are recorded (restore recreates them) and never opened; sockets and devices are
+//!   reported as skipped, with the reason, and never opened.
 //! * Other file systems are not entered unless configured (mount points are reported).
 //! * Errors (unreadable folder, failed `lstat`, unreadable file when probing) are events with
 //!   the path and the OS error; they are never fatal.
@@ -36,6 +37,8 @@ pub enum EntryKind {
     Dir,
     /// Symbolic link (recorded with its target, not followed).
     Symlink,
+    /// Named pipe (recorded with its mode; it has no content and is never opened).
+    Fifo,
 }
 
 impl EntryKind {
@@ -45,6 +48,7 @@ impl EntryKind {
             EntryKind::File => 0,
             EntryKind::Dir => 1,
             EntryKind::Symlink => 2,
+            EntryKind::Fifo => 3,
         }
     }
 
@@ -54,6 +58,7 @@ impl EntryKind {
             0 => Some(EntryKind::File),
             1 => Some(EntryKind::Dir),
             2 => Some(EntryKind::Symlink),
+            3 => Some(EntryKind::Fifo),
             _ => None,
         }
     }
@@ -87,6 +92,8 @@ pub struct Entry {
     pub inode: u64,
     /// Device number.
     pub device: u64,
+    /// Number of names of the inode (hard links); 1 where the platform has none.
+    pub nlink: u64,
     /// Unix mode bits including the file type.
     pub mode: u32,
     /// A symlink's target, raw bytes.
@@ -118,7 +125,7 @@ pub struct ExcludedEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
-    /// Named pipe: reading it would block or consume someone's data.
+    /// Named pipe (recorded as an entry, not skipped, unless symlinks are followed into one).
     Fifo,
     /// Unix socket.
     Socket,
@@ -132,6 +139,28 @@ pub enum SkipReason {
     MountPoint,
 }
 
+impl SkipReason {
+    /// Why such an entry is not backed up, in words.
+    pub fn explain(self) -> &'static str {
+        match self {
+            SkipReason::Fifo => "a named pipe reached through a followed symlink: not opened",
+            SkipReason::Socket => {
+                "a Unix socket: it exists only while a program runs and holds no data"
+            }
+            SkipReason::CharDevice => {
+                "a character device: a window on hardware, not a file to keep"
+            }
+            SkipReason::BlockDevice => {
+                "a block device: a whole disk or partition, not a file to keep"
+            }
+            SkipReason::Other => "a kind of file this system reports but Keepsake cannot keep",
+            SkipReason::MountPoint => {
+                "another file system mounted here (not entered unless configured)"
+            }
+        }
+    }
+}
+
 /// An entry that is neither backed up nor excluded by a rule.
 #[derive(Debug, Clone, Serialize)]
 pub struct SkippedEntry {
@@ -140,6 +169,8 @@ pub struct SkippedEntry {
     pub rel: RelPath,
     /// Why.
     pub reason: SkipReason,
+    /// The reason in words.
+    pub detail: &'static str,
 }
 
 /// What went wrong with a path.
@@ -230,6 +261,9 @@ pub struct ScanStats {
     pub dirs: u64,
     /// Symlinks yielded.
     pub symlinks: u64,
+    /// Named pipes yielded.
+    #[serde(default)]
+    pub fifos: u64,
     /// Bytes of the regular files yielded.
     pub bytes: u64,
     /// Entries excluded by rules.
@@ -250,6 +284,7 @@ impl ScanStats {
         self.files += other.files;
         self.dirs += other.dirs;
         self.symlinks += other.symlinks;
+        self.fifos += other.fifos;
         self.bytes += other.bytes;
         self.excluded += other.excluded;
         self.excluded_bytes += other.excluded_bytes;
@@ -428,8 +463,11 @@ impl Scanner {
 
     fn skipped(&mut self, rel: RelPath, reason: SkipReason) {
         self.stats.skipped += 1;
-        self.queue
-            .push_back(ScanEvent::Skipped(SkippedEntry { rel, reason }));
+        self.queue.push_back(ScanEvent::Skipped(SkippedEntry {
+            rel,
+            reason,
+            detail: reason.explain(),
+        }));
     }
 
     fn load_rules(&mut self, rel: &RelPath) -> Arc<DirRules> {
@@ -605,6 +643,12 @@ impl Scanner {
                 }
                 Err(e) => self.issue(ScanIssue::from_io(rel, IssueKind::ReadLink, &e)),
             }
+            return;
+        }
+        if ft == FileKind::Special(SkipReason::Fifo) && !self.opts.follow_symlinks {
+            self.stats.fifos += 1;
+            let e = meta.into_entry(rel, EntryKind::Fifo, None);
+            self.queue.push_back(ScanEvent::Entry(e));
             return;
         }
         if !ft.is_file() {
@@ -816,6 +860,7 @@ impl DirHandle {
             ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
             inode: st.st_ino as u64,
             device: st.st_dev as u64,
+            nlink: st.st_nlink as u64,
             mode: st.st_mode as u32,
         };
         Ok((kind, meta))
@@ -844,6 +889,7 @@ struct Meta {
     ctime_ns: i64,
     inode: u64,
     device: u64,
+    nlink: u64,
     mode: u32,
 }
 
@@ -857,6 +903,7 @@ impl Meta {
             ctime_ns: self.ctime_ns,
             inode: self.inode,
             device: self.device,
+            nlink: self.nlink,
             mode: self.mode,
             symlink_target,
         }
@@ -876,6 +923,7 @@ fn meta_of(md: &fs::Metadata) -> Meta {
         ctime_ns: ns(md.ctime(), md.ctime_nsec()),
         inode: md.ino(),
         device: md.dev(),
+        nlink: md.nlink(),
         mode: md.mode(),
     }
 }
@@ -897,6 +945,7 @@ fn meta_of(md: &fs::Metadata) -> Meta {
         ctime_ns: to_ns(md.created()),
         inode: 0,
         device: 0,
+        nlink: 1,
         mode: 0,
     }
 }
@@ -907,7 +956,12 @@ mod tests {
 
     #[test]
     fn kind_codes_roundtrip() {
-        for k in [EntryKind::File, EntryKind::Dir, EntryKind::Symlink] {
+        for k in [
+            EntryKind::File,
+            EntryKind::Dir,
+            EntryKind::Symlink,
+            EntryKind::Fifo,
+        ] {
             assert_eq!(EntryKind::from_code(k.code()), Some(k));
         }
         assert_eq!(EntryKind::from_code(9), None);

@@ -194,6 +194,7 @@ fn each_metadata_field_counts_except_the_device() {
         ctime_ns: 2_000,
         inode: 42,
         device: 7,
+        nlink: 1,
         mode: 0o100644,
         symlink_target: None,
     };

@@ -236,6 +236,7 @@ fn second_run_emits_nothing_and_results_are_deterministic() {
                     ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
                     inode: md.ino(),
                     mode: md.mode(),
+                    hard_link: None,
                     priority: Priority::Normal,
                 }
             })
@@ -491,6 +492,7 @@ fn catalog_is_updated_from_the_journal_and_unchanged_files_are_not_read_again() 
         ctime_ns: 2,
         inode: 3,
         mode: 0o100644,
+        hard_link: None,
         content_hash: ContentHash([1; 32]),
         chunks: vec![ChunkRef {
             id: BlobId([2; 32]),
@@ -523,6 +525,10 @@ fn read_blobs_from(
         .collect()
 }
 
+fn test_mac_key() -> keepsake_common::mac::EntryMacKey {
+    keepsake_common::mac::EntryMacKey::derive(&keepsake_common::ids::ChunkIdKey([3; 32]))
+}
+
 fn entry(rel: &[u8], kind: EntryKind, target: Option<&[u8]>) -> Entry {
     Entry {
         rel: RelPath::from_bytes(rel.to_vec()).unwrap(),
@@ -532,6 +538,7 @@ fn entry(rel: &[u8], kind: EntryKind, target: Option<&[u8]>) -> Entry {
         ctime_ns: 1_700_000_000_000_000_001,
         inode: 42,
         device: 1,
+        nlink: 1,
         mode: if kind == EntryKind::Dir {
             0o40755
         } else {
@@ -549,7 +556,7 @@ fn delta_parts_are_split_and_each_is_a_valid_delta() {
         max_bytes: 4096,
     };
     let header = DeltaHeader::new("3f1c0a4e-0000-4000-8000-000000000001", Some(41));
-    let mut b = DeltaBuilder::new(t.path(), header.clone(), limits, true).unwrap();
+    let mut b = DeltaBuilder::new(t.path(), header.clone(), limits, true, test_mac_key()).unwrap();
     let mut expected: Vec<Vec<u8>> = Vec::new();
     for i in 0..100u32 {
         let name = format!("w/f{i:03}").into_bytes();
@@ -577,6 +584,7 @@ fn delta_parts_are_split_and_each_is_a_valid_delta() {
                     ctime_ns: 6,
                     inode: i as u64,
                     mode: 0o100600,
+                    hard_link: (i % 10 == 2).then_some((1, u64::from(i))),
                     content_hash: ContentHash([i as u8; 32]),
                     chunks,
                     attempts: 1,
@@ -652,7 +660,7 @@ fn delta_parts_are_split_and_each_is_a_valid_delta() {
     }
     // An empty job has no part at all.
     let t2 = tempfile::tempdir().unwrap();
-    let empty = DeltaBuilder::new(t2.path(), header, limits, false)
+    let empty = DeltaBuilder::new(t2.path(), header, limits, false, test_mac_key())
         .unwrap()
         .finish()
         .unwrap();

@@ -33,6 +33,7 @@ fn task(root: &Path, rel: &str) -> FileTask {
         ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
         inode: md.ino(),
         mode: md.mode(),
+        hard_link: None,
         priority: Priority::Normal,
     }
 }

@@ -168,6 +168,7 @@ fn big_file_stays_within_the_memory_budget() {
         ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
         inode: md.ino(),
         mode: md.mode(),
+        hard_link: None,
         priority: Priority::Normal,
     };
     assert!(reset_peak_rss());

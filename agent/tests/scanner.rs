@@ -194,7 +194,7 @@ fn following_symlinks_reports_loops_without_hanging() {
 }
 
 #[test]
-fn special_files_are_skipped_never_opened() {
+fn pipes_are_recorded_sockets_skipped_and_neither_opened() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path();
     write(root, "a.txt", b"a");
@@ -209,23 +209,34 @@ fn special_files_are_skipped_never_opened() {
         ..ScanOptions::default()
     };
     let (events, stats) = scan_all(root, matcher(root, no_defaults()), opts);
-    let skipped: Vec<(String, SkipReason)> = events
+    let skipped: Vec<(String, SkipReason, &str)> = events
         .iter()
         .filter_map(|e| match e {
-            ScanEvent::Skipped(s) => Some((s.rel.to_string(), s.reason)),
+            ScanEvent::Skipped(s) => Some((s.rel.to_string(), s.reason, s.detail)),
             _ => None,
         })
         .collect();
-    assert_eq!(
-        skipped,
-        vec![
-            ("pipe".to_string(), SkipReason::Fifo),
-            ("sock".to_string(), SkipReason::Socket)
-        ]
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].0, "sock");
+    assert_eq!(skipped[0].1, SkipReason::Socket);
+    assert!(
+        skipped[0].2.contains("socket"),
+        "a reason in words: {skipped:?}"
     );
-    assert_eq!(stats.skipped, 2);
+    assert_eq!(stats.skipped, 1);
+    assert_eq!(stats.fifos, 1);
     assert_eq!(stats.issues, 0);
-    assert_eq!(common::entry_paths(&events), vec!["a.txt"]);
+    // The pipe is an entry of its own kind, with its mode.
+    assert_eq!(common::entry_paths(&events), vec!["a.txt", "pipe"]);
+    let pipe = events
+        .iter()
+        .find_map(|e| match e {
+            ScanEvent::Entry(e) if e.rel.to_string() == "pipe" => Some(e.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(pipe.kind, keepsake_agent::scan::EntryKind::Fifo);
+    assert_eq!(pipe.mode & 0o170000, 0o010000);
 }
 
 /// An unreadable file and an unreadable folder are reported with the OS error and the scan

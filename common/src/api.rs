@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::delta::ChunkRef;
-use crate::ids::{BlobId, ContentHash};
+use crate::ids::{BlobId, CipherHash, ContentHash, DeltaDigest, EntryMac};
+use crate::mac::{EntryFacts, FactKind};
 
 /// Version string of the HTTP API.
 pub const API_VERSION: &str = "v1";
@@ -184,22 +185,62 @@ pub struct MissingRequest {
     pub ids: Vec<BlobId>,
 }
 
-/// The IDs of the request that the server does not hold. The others are protected from garbage
-/// collection for `protected_seconds`.
+/// The IDs of the request for which the server holds no copy the calling machine uploaded or
+/// verified itself (a copy another machine uploaded could be wrong, and the server cannot check
+/// ciphertext without keys). The others are protected from garbage collection for
+/// `protected_seconds`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MissingResponse {
     pub missing: Vec<BlobId>,
     pub protected_seconds: u64,
+    /// Those of `missing` that other machines did upload: a machine holding the organisation's
+    /// identity may read and check those copies and adopt them (`POST /v1/blobs/adopt`) instead
+    /// of uploading its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<BlobId>,
 }
+
+/// One stored copy of a blob, named by the BLAKE3 of its ciphertext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobCopy {
+    pub id: BlobId,
+    pub cipher_hash: CipherHash,
+}
+
+/// `POST /v1/blobs/adopt`: copies the calling machine has read back, decrypted and checked
+/// against their blob IDs; from then on they count as its own for `blobs/missing` and commits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptRequest {
+    pub copies: Vec<BlobCopy>,
+}
+
+/// Answer of `POST /v1/blobs/adopt`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdoptResponse {
+    /// Copies newly adopted (already adopted or own copies are not counted).
+    pub adopted: u64,
+}
+
+/// Most copies one `blobs/adopt` request may name.
+pub const MAX_ADOPT: usize = 10_000;
 
 /// Answer of `POST /v1/packs` (body: a framed blob stream).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PackStored {
     pub pack_id: Uuid,
     pub blobs: u64,
-    /// Blobs that were new to the index (the others were stored concurrently by someone else).
+    /// Copies this pack added for the uploading machine (the others it already held).
     pub new_blobs: u64,
     pub bytes: u64,
+    /// False when the pack added no copy and was not kept.
+    #[serde(default = "yes")]
+    pub kept: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `POST /v1/blobs/read`: the answer is a framed blob stream of the requested blobs, in order.
@@ -207,6 +248,10 @@ pub struct PackStored {
 #[serde(deny_unknown_fields)]
 pub struct ReadBlobsRequest {
     pub ids: Vec<BlobId>,
+    /// Copies not to send (the reader found them wrong): the server sends another copy of those
+    /// blobs, or answers 404 `blobs_missing` when it has none left.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid: Vec<CipherHash>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -279,6 +324,10 @@ pub struct CommitRequest {
     pub bytes_read: u64,
     #[serde(default)]
     pub bytes_sent: u64,
+    /// The [`crate::delta::DeltaDigester`] digest of every entry sent, in order (parts 0, 1, …).
+    /// The server recomputes it from what it staged and refuses the commit if they differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_digest: Option<DeltaDigest>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -350,6 +399,42 @@ pub struct FileAtPoint {
     pub content_hash: Option<ContentHash>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkRef>,
+    /// Hard-link group (files recorded with more than one name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<u64>,
+    /// The agent's MAC over the entry's metadata ([`crate::mac`]); restore refuses an entry
+    /// whose MAC is absent or does not verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<EntryMac>,
+}
+
+impl FileAtPoint {
+    /// The metadata the entry's MAC covers.
+    pub fn facts(&self) -> EntryFacts<'_> {
+        let file = self.kind == FileKind::File;
+        EntryFacts {
+            kind: match self.kind {
+                FileKind::File => FactKind::File,
+                FileKind::Directory => FactKind::Dir,
+                FileKind::Symlink => FactKind::Symlink,
+                FileKind::Fifo => FactKind::Fifo,
+            },
+            path: &self.path,
+            mode: if self.kind == FileKind::Symlink {
+                0
+            } else {
+                self.mode.unwrap_or(0)
+            },
+            size: if file { self.size } else { 0 },
+            content_hash: if file {
+                self.content_hash.as_ref()
+            } else {
+                None
+            },
+            target: self.symlink_target.as_deref(),
+            link: if file { self.link } else { None },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -358,6 +443,8 @@ pub enum FileKind {
     File,
     Symlink,
     Directory,
+    /// A named pipe.
+    Fifo,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,17 +3,24 @@
 //! NDJSON (one JSON object per line, `\n`-terminated, UTF-8):
 //!
 //! ```text
-//! {"keepsake_delta":1,"source":"…","parent_seq":41}                  header (first line)
-//! {"op":"upsert","path":"…","size":…,"mtime_ns":…,"mode":…,"content_hash":"…","chunks":[{"id":"…","len":…},…]}
+//! {"keepsake_delta":2,"source":"…","parent_seq":41}                  header (first line)
+//! {"op":"upsert","path":"…","size":…,"mtime_ns":…,"mode":…,"content_hash":"…","chunks":[{"id":"…","len":…},…],"link":…,"mac":"…"}
 //! {"op":"delete","path":"…"}
-//! {"op":"symlink","path":"…","target":"…","mtime_ns":…}
-//! {"op":"dir","path":"…","mtime_ns":…,"mode":…}
-//! {"op":"end","entries":3}                                           trailer (last line)
+//! {"op":"symlink","path":"…","target":"…","mtime_ns":…,"mac":"…"}
+//! {"op":"dir","path":"…","mtime_ns":…,"mode":…,"mac":"…"}
+//! {"op":"fifo","path":"…","mtime_ns":…,"mode":…,"mac":"…"}
+//! {"op":"end","entries":5}                                           trailer (last line)
 //! ```
 //!
 //! `raw_path` (and `raw_target`) are standard base64 of the exact name bytes, present only when the
-//! display form had to escape bytes (see [`crate::path`]). The trailer's entry count makes a cut
-//! delta an error. [`DeltaWriter`] and [`DeltaReader`] stream: neither holds more than one line.
+//! display form had to escape bytes (see [`crate::path`]). `link` is a file's hard-link group
+//! (present only for files with more than one name). Every entry but a deletion carries `mac`, the
+//! agent's [`crate::mac`] over its metadata, which [`DeltaWriter`] computes and [`DeltaReader`]
+//! requires. The trailer's entry count makes a cut delta an error. [`DeltaWriter`] and
+//! [`DeltaReader`] stream: neither holds more than one line. [`DeltaDigester`] hashes entries in
+//! the order sent, so the server can prove that what it staged is what the agent sent.
+//!
+//! Pure format code: no state survives a crash.
 
 use std::io::{self, BufRead, Read, Write};
 
@@ -21,11 +28,13 @@ use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::chunking::MAX_CHUNK_LEN;
-use crate::ids::{BlobId, ContentHash};
+use crate::ids::{BlobId, ContentHash, DeltaDigest, EntryMac};
+use crate::mac::{EntryFacts, EntryMacKey, FactKind};
 use crate::path::{self, PathError};
 
-/// Current delta format version (the header's `keepsake_delta` value).
-pub const DELTA_VERSION: u32 = 1;
+/// Current delta format version (the header's `keepsake_delta` value). Version 2 added entry
+/// MACs, named pipes and hard-link groups; version 1 is no longer read.
+pub const DELTA_VERSION: u32 = 2;
 /// Longest line accepted (64 MiB: an upsert of a file with about 700 000 chunks).
 pub const MAX_LINE_LEN: usize = 64 * 1024 * 1024;
 /// Longest symlink target accepted, in bytes.
@@ -98,6 +107,11 @@ pub enum Entry {
         mode: u32,
         content_hash: ContentHash,
         chunks: Vec<ChunkRef>,
+        /// Hard-link group: files of one source with the same group were one inode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        link: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mac: Option<EntryMac>,
     },
     /// A file, link or directory that no longer exists (a directory delete removes everything
     /// under it).
@@ -116,6 +130,8 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Option::is_none", with = "b64_opt")]
         raw_target: Option<Vec<u8>>,
         mtime_ns: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mac: Option<EntryMac>,
     },
     /// A directory (so empty directories and their modes are restored).
     Dir {
@@ -124,6 +140,18 @@ pub enum Entry {
         raw_path: Option<Vec<u8>>,
         mtime_ns: i64,
         mode: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mac: Option<EntryMac>,
+    },
+    /// A named pipe (recreated by restore; it has no content).
+    Fifo {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "b64_opt")]
+        raw_path: Option<Vec<u8>>,
+        mtime_ns: i64,
+        mode: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mac: Option<EntryMac>,
     },
 }
 
@@ -172,7 +200,8 @@ impl Entry {
             Entry::Upsert { path, .. }
             | Entry::Delete { path, .. }
             | Entry::Symlink { path, .. }
-            | Entry::Dir { path, .. } => path,
+            | Entry::Dir { path, .. }
+            | Entry::Fifo { path, .. } => path,
         }
     }
 
@@ -182,7 +211,77 @@ impl Entry {
             Entry::Upsert { raw_path, .. }
             | Entry::Delete { raw_path, .. }
             | Entry::Symlink { raw_path, .. }
-            | Entry::Dir { raw_path, .. } => raw_path.as_deref(),
+            | Entry::Dir { raw_path, .. }
+            | Entry::Fifo { raw_path, .. } => raw_path.as_deref(),
+        }
+    }
+
+    /// The metadata the entry's MAC covers (`None` for a deletion, which has no MAC).
+    pub fn facts(&self) -> Option<EntryFacts<'_>> {
+        fn base(kind: FactKind, path: &str) -> EntryFacts<'_> {
+            EntryFacts {
+                kind,
+                path,
+                mode: 0,
+                size: 0,
+                content_hash: None,
+                target: None,
+                link: None,
+            }
+        }
+        Some(match self {
+            Entry::Upsert {
+                path,
+                size,
+                mode,
+                content_hash,
+                link,
+                ..
+            } => EntryFacts {
+                mode: *mode,
+                size: *size,
+                content_hash: Some(content_hash),
+                link: *link,
+                ..base(FactKind::File, path)
+            },
+            Entry::Delete { .. } => return None,
+            Entry::Symlink { path, target, .. } => EntryFacts {
+                target: Some(target),
+                ..base(FactKind::Symlink, path)
+            },
+            Entry::Dir { path, mode, .. } => EntryFacts {
+                mode: *mode,
+                ..base(FactKind::Dir, path)
+            },
+            Entry::Fifo { path, mode, .. } => EntryFacts {
+                mode: *mode,
+                ..base(FactKind::Fifo, path)
+            },
+        })
+    }
+
+    /// The entry's MAC, if it carries one.
+    pub fn mac(&self) -> Option<&EntryMac> {
+        match self {
+            Entry::Upsert { mac, .. }
+            | Entry::Symlink { mac, .. }
+            | Entry::Dir { mac, .. }
+            | Entry::Fifo { mac, .. } => mac.as_ref(),
+            Entry::Delete { .. } => None,
+        }
+    }
+
+    /// Computes and stores the entry's MAC (a deletion has none).
+    pub fn seal(&mut self, key: &EntryMacKey) {
+        let Some(m) = self.facts().map(|f| key.mac(&f)) else {
+            return;
+        };
+        match self {
+            Entry::Upsert { mac, .. }
+            | Entry::Symlink { mac, .. }
+            | Entry::Dir { mac, .. }
+            | Entry::Fifo { mac, .. } => *mac = Some(m),
+            Entry::Delete { .. } => {}
         }
     }
 
@@ -219,23 +318,110 @@ impl Entry {
                     }
                 }
             }
+            Entry::Fifo { mode, .. } => {
+                if mode & 0o170000 != 0 && mode & 0o170000 != 0o010000 {
+                    return Err("a named pipe's mode names another file type".into());
+                }
+            }
             Entry::Delete { .. } | Entry::Dir { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// [`Entry::validate`], and every entry but a deletion must carry its MAC.
+    pub fn validate_sealed(&self) -> Result<(), String> {
+        self.validate()?;
+        if self.facts().is_some() && self.mac().is_none() {
+            return Err("entry without a MAC".into());
         }
         Ok(())
     }
 }
 
-/// Streaming writer of a delta.
+/// Hashes a job's entries, in the order they are sent, into a [`DeltaDigest`]: the agent over
+/// what it writes, the server over what it staged. Each entry contributes an op byte (`U`, `D`,
+/// `S`, `R` for a folder, `F`), then for a deletion the length-prefixed path bytes, for every other
+/// entry its [`EntryFacts`] encoding, `mtime_ns` (i64), a MAC flag and the MAC, and for a file the
+/// chunk count (u32) and each chunk's ID and length (u32). Integers are little-endian.
+#[derive(Debug, Clone, Default)]
+pub struct DeltaDigester {
+    hasher: blake3::Hasher,
+    buf: Vec<u8>,
+    entries: u64,
+}
+
+impl DeltaDigester {
+    /// An empty digest.
+    pub fn new() -> DeltaDigester {
+        DeltaDigester::default()
+    }
+
+    /// Adds the next entry.
+    pub fn add(&mut self, e: &Entry) {
+        self.buf.clear();
+        let (op, mtime) = match e {
+            Entry::Upsert { mtime_ns, .. } => (b'U', Some(*mtime_ns)),
+            Entry::Delete { .. } => (b'D', None),
+            Entry::Symlink { mtime_ns, .. } => (b'S', Some(*mtime_ns)),
+            Entry::Dir { mtime_ns, .. } => (b'R', Some(*mtime_ns)),
+            Entry::Fifo { mtime_ns, .. } => (b'F', Some(*mtime_ns)),
+        };
+        self.buf.push(op);
+        match e.facts() {
+            None => {
+                let p = path::wire_path_bytes(e.path());
+                self.buf.extend_from_slice(&(p.len() as u32).to_le_bytes());
+                self.buf.extend_from_slice(&p);
+            }
+            Some(f) => {
+                f.encode(&mut self.buf);
+                self.buf
+                    .extend_from_slice(&mtime.unwrap_or_default().to_le_bytes());
+                match e.mac() {
+                    Some(m) => {
+                        self.buf.push(1);
+                        self.buf.extend_from_slice(m.as_bytes());
+                    }
+                    None => self.buf.push(0),
+                }
+            }
+        }
+        self.hasher.update(&self.buf);
+        if let Entry::Upsert { chunks, .. } = e {
+            self.hasher.update(&(chunks.len() as u32).to_le_bytes());
+            for c in chunks {
+                self.hasher.update(c.id.as_bytes());
+                self.hasher.update(&c.len.to_le_bytes());
+            }
+        }
+        self.entries += 1;
+    }
+
+    /// Entries added.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// The digest of the entries added so far.
+    pub fn finish(&self) -> DeltaDigest {
+        let mut h = self.hasher.clone();
+        h.update(&self.entries.to_le_bytes());
+        DeltaDigest(*h.finalize().as_bytes())
+    }
+}
+
+/// Streaming writer of a delta. Every entry it writes is sealed with its MAC.
 pub struct DeltaWriter<W: Write> {
     out: W,
     entries: u64,
     finished: bool,
     buf: Vec<u8>,
+    key: EntryMacKey,
 }
 
 impl<W: Write> DeltaWriter<W> {
-    /// Writes the header line.
-    pub fn new(mut out: W, header: &DeltaHeader) -> Result<Self, DeltaError> {
+    /// Writes the header line; entries will be sealed with `key`.
+    pub fn new(mut out: W, header: &DeltaHeader, key: &EntryMacKey) -> Result<Self, DeltaError> {
         let mut buf = serde_json::to_vec(header).map_err(|e| DeltaError::Syntax {
             line: 1,
             msg: e.to_string(),
@@ -247,17 +433,19 @@ impl<W: Write> DeltaWriter<W> {
             entries: 0,
             finished: false,
             buf,
+            key: key.clone(),
         })
     }
 
-    /// Validates and writes one entry.
-    pub fn write(&mut self, e: &Entry) -> Result<(), DeltaError> {
+    /// Validates, seals (sets its MAC) and writes one entry.
+    pub fn write(&mut self, e: &mut Entry) -> Result<(), DeltaError> {
         let line = self.entries + 2;
         if self.finished {
             return Err(DeltaError::Finished);
         }
         e.validate()
             .map_err(|msg| DeltaError::Invalid { line, msg })?;
+        e.seal(&self.key);
         self.buf.clear();
         serde_json::to_writer(&mut self.buf, e).map_err(|e| DeltaError::Syntax {
             line,
@@ -404,7 +592,7 @@ impl<R: BufRead> DeltaReader<R> {
             line,
             msg: e.to_string(),
         })?;
-        if let Err(msg) = entry.validate() {
+        if let Err(msg) = entry.validate_sealed() {
             if let Err(source) = path::validate_wire_pair(entry.path(), entry.raw_path()) {
                 return Err(DeltaError::Path { line, source });
             }

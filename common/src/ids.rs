@@ -115,6 +115,15 @@ hash32_type!(
     /// Plain BLAKE3 of a blob's ciphertext (what the server verifies and scrubs).
     CipherHash
 );
+hash32_type!(
+    /// The agent's MAC over the metadata of one delta entry (see [`crate::mac`]).
+    EntryMac
+);
+hash32_type!(
+    /// BLAKE3 over a job's delta entries in the order sent (see [`crate::delta::DeltaDigester`]):
+    /// what the agent sent, recomputed by the server from what it staged.
+    DeltaDigest
+);
 
 impl BlobId {
     /// Computes the blob ID of a plaintext chunk.

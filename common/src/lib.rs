@@ -11,7 +11,8 @@
 //! 3. [`crypto::seal_blob`] compresses the chunk where it pays ([`compress`]) and age-encrypts it
 //!    to the organisation's current recipient ([`keys`]);
 //! 4. [`framing`] batches sealed blobs into one upload body;
-//! 5. [`delta`] records the job's file changes (with [`path`] rules for names).
+//! 5. [`delta`] records the job's file changes (with [`path`] rules for names), each entry sealed
+//!    with the agent's [`mac`].
 
 pub mod api;
 pub mod chunking;
@@ -21,4 +22,5 @@ pub mod delta;
 pub mod framing;
 pub mod ids;
 pub mod keys;
+pub mod mac;
 pub mod path;

@@ -3,9 +3,10 @@
 use std::io::BufReader;
 
 use keepsake_common::delta::{
-    ChunkRef, DeltaError, DeltaHeader, DeltaReader, DeltaWriter, Entry, MAX_LINE_LEN,
+    ChunkRef, DeltaDigester, DeltaError, DeltaHeader, DeltaReader, DeltaWriter, Entry, MAX_LINE_LEN,
 };
-use keepsake_common::ids::{BlobId, ContentHash};
+use keepsake_common::ids::{BlobId, ChunkIdKey, ContentHash};
+use keepsake_common::mac::EntryMacKey;
 use keepsake_common::path::{os_path_to_wire, wire_to_os_path, PathError};
 use proptest::prelude::*;
 
@@ -46,6 +47,8 @@ fn entry() -> impl Strategy<Value = Entry> {
                     mode,
                     content_hash: ContentHash(h),
                     chunks,
+                    link: (mode % 3 == 0).then_some(u64::from(mode)),
+                    mac: None,
                 }
             }),
         rel_path().prop_map(|p| Entry::Delete {
@@ -59,23 +62,41 @@ fn entry() -> impl Strategy<Value = Entry> {
                 target,
                 raw_target: None,
                 mtime_ns,
+                mac: None,
             }
         }),
         (rel_path(), any::<i64>(), any::<u32>()).prop_map(|(p, mtime_ns, mode)| Entry::Dir {
             path: p.replace('\u{F7AA}', "z"),
             raw_path: None,
             mtime_ns,
-            mode
+            mode,
+            mac: None,
+        }),
+        (rel_path(), any::<i64>(), 0u32..0o7777).prop_map(|(p, mtime_ns, perm)| Entry::Fifo {
+            path: p.replace('\u{F7AA}', "f"),
+            raw_path: None,
+            mtime_ns,
+            mode: 0o010000 | perm,
+            mac: None,
         }),
     ]
 }
 
-fn write(header: &DeltaHeader, entries: &[Entry]) -> Vec<u8> {
-    let mut w = DeltaWriter::new(Vec::new(), header).unwrap();
-    for e in entries {
+fn mac_key() -> EntryMacKey {
+    EntryMacKey::derive(&ChunkIdKey([42; 32]))
+}
+
+/// Writes `entries`, sealing each (the slice is updated with the MACs written).
+fn write_sealed(header: &DeltaHeader, entries: &mut [Entry]) -> Vec<u8> {
+    let mut w = DeltaWriter::new(Vec::new(), header, &mac_key()).unwrap();
+    for e in entries.iter_mut() {
         w.write(e).unwrap();
     }
     w.finish().unwrap()
+}
+
+fn write(header: &DeltaHeader, entries: &[Entry]) -> Vec<u8> {
+    write_sealed(header, &mut entries.to_vec())
 }
 
 fn read(bytes: &[u8]) -> Result<(DeltaHeader, Vec<Entry>), DeltaError> {
@@ -89,9 +110,17 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn round_trip(entries in prop::collection::vec(entry(), 0..12), parent in proptest::option::of(any::<u64>())) {
+    fn round_trip(mut entries in prop::collection::vec(entry(), 0..12), parent in proptest::option::of(any::<u64>())) {
         let header = DeltaHeader::new("9b1f5a2c-source", parent);
-        let bytes = write(&header, &entries);
+        let bytes = write_sealed(&header, &mut entries);
+        // Every entry but a deletion was sealed, and its MAC verifies.
+        for e in &entries {
+            match (e.facts(), e.mac()) {
+                (Some(f), Some(m)) => prop_assert!(mac_key().verify(&f, m)),
+                (None, None) => {}
+                other => prop_assert!(false, "unsealed entry: {:?}", other),
+            }
+        }
         // NDJSON: one object per line.
         let text = std::str::from_utf8(&bytes).unwrap();
         prop_assert_eq!(text.lines().count(), entries.len() + 2);
@@ -100,7 +129,12 @@ proptest! {
         }
         let (h, got) = read(&bytes).unwrap();
         prop_assert_eq!(h, header);
-        prop_assert_eq!(got, entries);
+        prop_assert_eq!(&got, &entries);
+        // The digest of what was read equals the digest of what was written.
+        let (mut a, mut b) = (DeltaDigester::new(), DeltaDigester::new());
+        entries.iter().for_each(|e| a.add(e));
+        got.iter().for_each(|e| b.add(e));
+        prop_assert_eq!(a.finish(), b.finish());
         // Every cut is an error.
         for cut in 0..bytes.len() {
             prop_assert!(read(&bytes[..cut]).is_err(), "cut at {} accepted", cut);
@@ -115,11 +149,11 @@ proptest! {
         let p = format!("{prefix}/{bad}");
         let e = Entry::Delete { path: p.clone(), raw_path: None };
         prop_assert!(e.validate().is_err());
-        let mut w = DeltaWriter::new(Vec::new(), &DeltaHeader::new("s", None)).unwrap();
-        prop_assert!(w.write(&e).is_err());
+        let mut w = DeltaWriter::new(Vec::new(), &DeltaHeader::new("s", None), &mac_key()).unwrap();
+        prop_assert!(w.write(&mut e.clone()).is_err());
         // A hostile delta (written by hand) is refused by the reader with a path error.
         let line = serde_json::to_string(&e).unwrap();
-        let doc = format!("{{\"keepsake_delta\":1,\"source\":\"s\",\"parent_seq\":null}}\n{line}\n{{\"op\":\"end\",\"entries\":1}}\n");
+        let doc = format!("{{\"keepsake_delta\":2,\"source\":\"s\",\"parent_seq\":null}}\n{line}\n{{\"op\":\"end\",\"entries\":1}}\n");
         let err = read(doc.as_bytes()).unwrap_err();
         prop_assert!(matches!(err, DeltaError::Path { line: 2, .. }), "{}", err);
         prop_assert!(wire_to_os_path(&p, None).is_err());
@@ -168,10 +202,13 @@ fn non_utf8_names_keep_their_bytes() {
             id: BlobId([2; 32]),
             len: 3,
         }],
+        link: None,
+        mac: None,
     };
-    let bytes = write(&DeltaHeader::new("s", Some(1)), std::slice::from_ref(&e));
+    let mut sealed = vec![e];
+    let bytes = write_sealed(&DeltaHeader::new("s", Some(1)), &mut sealed);
     let (_, got) = read(&bytes).unwrap();
-    assert_eq!(got, vec![e]);
+    assert_eq!(got, sealed);
     let os = wire_to_os_path(&path, raw_path.as_deref()).unwrap();
     assert_eq!(os.as_os_str().as_bytes(), raw);
 }
@@ -189,8 +226,19 @@ fn inconsistent_entries_rejected() {
             id: BlobId([0; 32]),
             len: 9,
         }],
+        link: None,
+        mac: None,
     };
     assert!(bad_size.validate().is_err());
+    // A named pipe whose mode says it is something else.
+    let fifo = Entry::Fifo {
+        path: "p".into(),
+        raw_path: None,
+        mtime_ns: 0,
+        mode: 0o100644,
+        mac: None,
+    };
+    assert!(fifo.validate().is_err());
     let raw_mismatch = Entry::Delete {
         path: "abc".into(),
         raw_path: Some(b"abd".to_vec()),
@@ -214,12 +262,14 @@ fn reader_errors() {
         read(wrong.as_bytes()),
         Err(DeltaError::CountMismatch { .. })
     ));
-    // Unknown version.
-    let v2 = text.replace("\"keepsake_delta\":1", "\"keepsake_delta\":2");
-    assert!(matches!(
-        read(v2.as_bytes()),
-        Err(DeltaError::UnsupportedVersion(2))
-    ));
+    // Unknown and retired versions.
+    for v in [1, 3] {
+        let other = text.replace("\"keepsake_delta\":2", &format!("\"keepsake_delta\":{v}"));
+        assert!(matches!(
+            read(other.as_bytes()),
+            Err(DeltaError::UnsupportedVersion(n)) if n == v
+        ));
+    }
     // Trailing data.
     let mut more = good.clone();
     more.extend_from_slice(b"{}\n");
@@ -239,11 +289,56 @@ fn reader_errors() {
     assert!(read(b"hello\n").is_err());
     assert!(matches!(read(b""), Err(DeltaError::Truncated)));
     // A line over the limit is refused without reading it whole.
-    let mut huge = b"{\"keepsake_delta\":1,\"source\":\"s\",\"parent_seq\":null}\n".to_vec();
+    let mut huge = b"{\"keepsake_delta\":2,\"source\":\"s\",\"parent_seq\":null}\n".to_vec();
     huge.extend(std::iter::repeat_n(b' ', MAX_LINE_LEN + 10));
     huge.push(b'\n');
     assert!(matches!(
         read(&huge),
         Err(DeltaError::LineTooLong { line: 2 })
     ));
+}
+
+#[test]
+fn entries_without_a_mac_are_refused_and_the_digest_sees_every_field() {
+    let mut e = Entry::Dir {
+        path: "Smith".into(),
+        raw_path: None,
+        mtime_ns: 1,
+        mode: 0o40755,
+        mac: None,
+    };
+    // Written by hand without a MAC: the reader refuses it.
+    let line = serde_json::to_string(&e).unwrap();
+    let doc = format!(
+        "{{\"keepsake_delta\":2,\"source\":\"s\",\"parent_seq\":null}}\n{line}\n{{\"op\":\"end\",\"entries\":1}}\n"
+    );
+    let err = read(doc.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("without a MAC"), "{err}");
+    // Sealed, it reads; the MAC covers the mode.
+    e.seal(&mac_key());
+    let facts = e.facts().unwrap();
+    assert!(mac_key().verify(&facts, e.mac().unwrap()));
+    let mut digests = std::collections::HashSet::new();
+    let mut d = DeltaDigester::new();
+    d.add(&e);
+    digests.insert(d.finish());
+    // Any change of a field, or of the order, changes the digest.
+    let mut changed = e.clone();
+    if let Entry::Dir { mtime_ns, .. } = &mut changed {
+        *mtime_ns = 2;
+    }
+    let mut d = DeltaDigester::new();
+    d.add(&changed);
+    assert!(digests.insert(d.finish()));
+    let other = Entry::Delete {
+        path: "x".into(),
+        raw_path: None,
+    };
+    let (mut ab, mut ba) = (DeltaDigester::new(), DeltaDigester::new());
+    ab.add(&e);
+    ab.add(&other);
+    ba.add(&other);
+    ba.add(&e);
+    assert_ne!(ab.finish(), ba.finish());
+    assert_eq!(ab.entries(), 2);
 }

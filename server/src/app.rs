@@ -185,6 +185,10 @@ pub async fn start(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     let (tx, rx) = oneshot::channel::<()>();
+    let sweeper = tokio::spawn(sweep_abandoned_jobs(
+        db.clone(),
+        std::time::Duration::from_secs(config.job_lease_secs),
+    ));
     let app = http::router(AppState::new(
         db.clone(),
         default_storage,
@@ -217,6 +221,7 @@ pub async fn start(
                 Ok(())
             }
         };
+        sweeper.abort();
         db.pool().close();
         if let Some(mut cluster) = database.cluster {
             tokio::task::spawn_blocking(move || cluster.stop())
@@ -230,6 +235,30 @@ pub async fn start(
         shutdown: Some(tx),
         task,
     })
+}
+
+/// Background work: fails running backup jobs whose agent went silent for longer than `lease`
+/// (see `catalog::lease`). Runs in every server process; the database hands each abandoned job to
+/// exactly one of them. Checks every minute, or every `lease / 2` when the lease is shorter.
+async fn sweep_abandoned_jobs(db: Db, lease: std::time::Duration) {
+    let every = (lease / 2).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match crate::catalog::expire_abandoned(&db, lease).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                jobs = n,
+                ?lease,
+                "failed backup jobs abandoned by their agents"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not sweep abandoned backup jobs"),
+        }
+    }
 }
 
 /// How long a stopping server waits for in-flight requests: 30 s, or

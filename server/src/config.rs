@@ -77,6 +77,10 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub platform_token: Option<String>,
+    /// Seconds a running backup job may go without a word from its agent (a delta part, a
+    /// commit) before it is failed as abandoned and its staged delta discarded (default 1800).
+    #[arg(long, env = "KEEPSAKE_JOB_LEASE_SECS", global = true)]
+    pub job_lease_secs: Option<u64>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -252,6 +256,8 @@ pub struct FileConfig {
     pub platform_token: Option<String>,
     /// Seconds blobs reported present stay protected from garbage collection.
     pub protect_grace_secs: Option<u64>,
+    /// Seconds a running backup job may go unheard of before it is failed as abandoned.
+    pub job_lease_secs: Option<u64>,
 }
 
 impl FileConfig {
@@ -298,7 +304,12 @@ pub struct Config {
     pub storage: crate::destinations::DestinationConfig,
     pub platform_token: Option<crate::destinations::Secret>,
     pub protect_grace_secs: u64,
+    /// Lease of a running backup job (see [`Cli::job_lease_secs`]).
+    pub job_lease_secs: u64,
 }
+
+/// Default lease of a running backup job: 30 minutes without a delta part or a commit.
+pub const DEFAULT_JOB_LEASE_SECS: u64 = 1800;
 
 impl Config {
     /// Merges flags/environment (already merged by clap) over the config file over defaults.
@@ -345,6 +356,11 @@ impl Config {
                 .filter(|t| !t.trim().is_empty())
                 .map(crate::destinations::Secret::new),
             protect_grace_secs: file.protect_grace_secs.unwrap_or(24 * 3600),
+            job_lease_secs: cli
+                .job_lease_secs
+                .or(file.job_lease_secs)
+                .unwrap_or(DEFAULT_JOB_LEASE_SECS)
+                .clamp(1, 30 * 24 * 3600),
             data_dir,
         })
     }
@@ -363,6 +379,7 @@ impl Config {
             db_pool_size: 8,
             platform_token: None,
             protect_grace_secs: 24 * 3600,
+            job_lease_secs: DEFAULT_JOB_LEASE_SECS,
         }
     }
 }

@@ -105,7 +105,7 @@ const FIXTURES: &[(&str, &str)] = &[
     ),
     (
         "public.file_contents",
-        r#"INSERT INTO file_contents (organization_id, content_hash, size, chunk_count, created_by_agent_id)
+        r#"INSERT INTO file_contents (organization_id, content_hash, size, chunk_count, agent_id)
         VALUES ('{org}', decode(md5('{n}f') || md5('{n}g'), 'hex'), 10, 1, '{agent}')"#,
     ),
     (
@@ -121,13 +121,23 @@ const FIXTURES: &[(&str, &str)] = &[
     ),
     (
         "public.blobs",
-        r#"INSERT INTO blobs (organization_id, blob_id, pack_id, pack_offset, cipher_length, plain_length, cipher_hash)
-        VALUES ('{org}', decode(md5('{n}b') || md5('{n}c'), 'hex'), '{pack}', 16, 80, 10, decode(md5('{n}d') || md5('{n}e'), 'hex'))"#,
+        r#"INSERT INTO blobs (organization_id, blob_id)
+        VALUES ('{org}', decode(md5('{n}b') || md5('{n}c'), 'hex'))"#,
+    ),
+    (
+        "public.blob_copies",
+        r#"INSERT INTO blob_copies (organization_id, blob_id, pack_id, pack_offset, cipher_length, plain_length, cipher_hash, uploaded_by_agent_id)
+        VALUES ('{org}', decode(md5('{n}b') || md5('{n}c'), 'hex'), '{pack}', 16, 80, 10, decode(md5('{n}d') || md5('{n}e'), 'hex'), '{agent}')"#,
+    ),
+    (
+        "public.blob_adoptions",
+        r#"INSERT INTO blob_adoptions (organization_id, agent_id, blob_id, pack_id)
+        VALUES ('{org}', '{agent}', decode(md5('{n}b') || md5('{n}c'), 'hex'), '{pack}')"#,
     ),
     (
         "public.content_chunks",
-        r#"INSERT INTO content_chunks (organization_id, content_hash, seq, blob_id, file_offset, plain_length)
-        VALUES ('{org}', decode(md5('{n}f') || md5('{n}g'), 'hex'), 0, decode(md5('{n}b') || md5('{n}c'), 'hex'), 0, 10)"#,
+        r#"INSERT INTO content_chunks (organization_id, content_hash, agent_id, seq, blob_id, file_offset, plain_length)
+        VALUES ('{org}', decode(md5('{n}f') || md5('{n}g'), 'hex'), '{agent}', 0, decode(md5('{n}b') || md5('{n}c'), 'hex'), 0, 10)"#,
     ),
     (
         "public.job_delta_entries",

@@ -12,6 +12,7 @@ use keepsake_common::api::*;
 use keepsake_common::delta::{DeltaHeader, DeltaWriter, Entry};
 use keepsake_common::ids::ContentHash;
 use keepsake_common::keys::OrgKeys;
+use keepsake_common::mac::EntryMacKey;
 use keepsake_server::testkit::server::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -113,9 +114,14 @@ async fn commit_files(
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let job = uuid_of(&v["job_id"]);
     let empty = ContentHash::of(&keys.chunk_id_key, b"");
-    let mut w = DeltaWriter::new(Vec::new(), &DeltaHeader::new(source.to_string(), None)).unwrap();
+    let mut w = DeltaWriter::new(
+        Vec::new(),
+        &DeltaHeader::new(source.to_string(), None),
+        &EntryMacKey::derive(&keys.chunk_id_key),
+    )
+    .unwrap();
     for p in paths {
-        w.write(&Entry::Upsert {
+        w.write(&mut Entry::Upsert {
             path: p.to_string(),
             raw_path: None,
             size: 0,
@@ -123,6 +129,8 @@ async fn commit_files(
             mode: 0o644,
             content_hash: empty,
             chunks: Vec::new(),
+            link: None,
+            mac: None,
         })
         .unwrap();
     }

@@ -1346,7 +1346,7 @@ async fn add_version(
     job: Uuid,
 ) -> Result<i64, tokio_postgres::Error> {
     t.execute(
-        "INSERT INTO file_contents (organization_id, content_hash, size, chunk_count, created_by_agent_id)
+        "INSERT INTO file_contents (organization_id, content_hash, size, chunk_count, agent_id)
          VALUES ($1, $2, 100, 1, $3) ON CONFLICT DO NOTHING",
         &[&w.org.id, &digest(content), &w.agent],
     )

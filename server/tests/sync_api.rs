@@ -2,237 +2,18 @@
 //! real storage: enrolment, keys, blob upload into packs, job deltas and commits, browsing and
 //! blob reads — and every refusal: hostile bodies, other organisations, append-only agents.
 
+mod sync_support;
+
 use keepsake_common::api::*;
 use keepsake_common::crypto::SealedBlob;
-use keepsake_common::delta::{ChunkRef, DeltaHeader, DeltaWriter, Entry};
-use keepsake_common::framing::{Frame, FrameWriter, FRAME_HEADER_LEN, STREAM_HEADER_LEN};
-use keepsake_common::ids::{BlobId, CipherHash, ContentHash};
-use keepsake_common::keys::{BundleParams, KeyBundle, OrgKeys};
+use keepsake_common::delta::Entry;
+use keepsake_common::ids::{BlobId, CipherHash};
+use keepsake_common::keys::{BundleParams, KeyBundle};
 use keepsake_server::testkit::server::TestServer;
 use reqwest::StatusCode;
 use serde_json::Value;
+use sync_support::*;
 use uuid::Uuid;
-
-struct Agent {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Agent {
-    fn req(&self, m: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(m, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-    }
-    async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let r = self
-            .req(reqwest::Method::POST, path)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let s = r.status();
-        (s, r.json().await.unwrap_or(Value::Null))
-    }
-    async fn get_json(&self, path: &str) -> (StatusCode, Value) {
-        let r = self.req(reqwest::Method::GET, path).send().await.unwrap();
-        let s = r.status();
-        (s, r.json().await.unwrap_or(Value::Null))
-    }
-    async fn post_bytes(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let r = self
-            .req(reqwest::Method::POST, path)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let s = r.status();
-        (s, r.json().await.unwrap_or(Value::Null))
-    }
-    async fn put_bytes(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let r = self
-            .req(reqwest::Method::PUT, path)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let s = r.status();
-        (s, r.json().await.unwrap_or(Value::Null))
-    }
-}
-
-async fn enroll(srv: &TestServer, token: &str, name: &str) -> (EnrollResponse, Agent) {
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{}/v1/enroll", srv.url()))
-        .json(&serde_json::json!({"enroll_token": token, "name": name, "hostname": "host", "platform": "linux"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "enrol {name}");
-    let e: EnrollResponse = r.json().await.unwrap();
-    let agent = Agent {
-        base: srv.url(),
-        token: e.agent_token.clone(),
-        http,
-    };
-    (e, agent)
-}
-
-fn user(srv: &TestServer, token: &str) -> Agent {
-    Agent {
-        base: srv.url(),
-        token: token.to_string(),
-        http: reqwest::Client::new(),
-    }
-}
-
-/// Seals `data` as chunks of at most `chunk` bytes.
-fn seal(keys: &OrgKeys, data: &[u8], chunk: usize) -> (ContentHash, Vec<SealedBlob>) {
-    let hash = ContentHash::of(&keys.chunk_id_key, data);
-    let blobs = if data.is_empty() {
-        Vec::new()
-    } else {
-        data.chunks(chunk)
-            .map(|c| keys.seal_blob(c).unwrap())
-            .collect()
-    };
-    (hash, blobs)
-}
-
-fn pack(blobs: &[&SealedBlob]) -> Vec<u8> {
-    let mut w = FrameWriter::new(Vec::new()).unwrap();
-    for b in blobs {
-        w.write_blob(b).unwrap();
-    }
-    w.finish().unwrap()
-}
-
-fn upsert(path: &str, data_len: usize, hash: ContentHash, blobs: &[SealedBlob]) -> Entry {
-    Entry::Upsert {
-        path: path.into(),
-        raw_path: None,
-        size: data_len as u64,
-        mtime_ns: 1_700_000_000_000_000_000,
-        mode: 0o644,
-        content_hash: hash,
-        chunks: blobs
-            .iter()
-            .map(|b| ChunkRef {
-                id: b.id,
-                len: b.plain_len,
-            })
-            .collect(),
-    }
-}
-
-fn delta(source: Uuid, entries: &[Entry]) -> Vec<u8> {
-    let mut w = DeltaWriter::new(Vec::new(), &DeltaHeader::new(source.to_string(), None)).unwrap();
-    for e in entries {
-        w.write(e).unwrap();
-    }
-    w.finish().unwrap()
-}
-
-async fn source(agent: &Agent, root: &str) -> Uuid {
-    let (s, v) = agent
-        .post_json("/v1/sources", &serde_json::json!({"root_path": root}))
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    v["id"].as_str().unwrap().parse().unwrap()
-}
-
-async fn start_job(agent: &Agent, source: Uuid, kind: &str) -> Uuid {
-    let (s, v) = agent
-        .post_json(
-            "/v1/jobs",
-            &serde_json::json!({"source_id": source, "kind": kind}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    v["job_id"].as_str().unwrap().parse().unwrap()
-}
-
-async fn upload(agent: &Agent, blobs: &[&SealedBlob]) -> PackStored {
-    let (s, v) = agent.post_bytes("/v1/packs", pack(blobs)).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    serde_json::from_value(v).unwrap()
-}
-
-async fn commit(agent: &Agent, job: Uuid, parts: u32) -> (StatusCode, Value) {
-    agent
-        .post_json(
-            &format!("/v1/jobs/{job}/commit"),
-            &serde_json::json!({"parts": parts}),
-        )
-        .await
-}
-
-async fn files(agent: &Agent, point: &str, prefix: &str) -> Vec<FileAtPoint> {
-    let r = agent
-        .req(
-            reqwest::Method::GET,
-            &format!("/v1/points/{point}/files?prefix={prefix}"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let text = r.text().await.unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-async fn read_blobs(
-    agent: &Agent,
-    ids: &[BlobId],
-) -> Result<Vec<(BlobId, Vec<u8>)>, (StatusCode, Value)> {
-    let r = agent
-        .req(reqwest::Method::POST, "/v1/blobs/read")
-        .json(&ReadBlobsRequest { ids: ids.to_vec() })
-        .send()
-        .await
-        .unwrap();
-    let s = r.status();
-    if s != StatusCode::OK {
-        return Err((s, r.json().await.unwrap_or(Value::Null)));
-    }
-    // Frames are read without verifying hashes here: the caller checks each blob on its own, as a
-    // restore does, so one damaged blob fails only itself.
-    let body = r.bytes().await.unwrap();
-    let mut out = Vec::new();
-    let mut pos = STREAM_HEADER_LEN;
-    loop {
-        let fb: [u8; FRAME_HEADER_LEN] = body[pos..pos + FRAME_HEADER_LEN].try_into().unwrap();
-        pos += FRAME_HEADER_LEN;
-        match Frame::decode(&fb).unwrap() {
-            Frame::Blob(h) => {
-                let n = h.cipher_len as usize;
-                out.push((h.blob_id, body[pos..pos + n].to_vec()));
-                pos += n;
-            }
-            Frame::End(_) => break,
-        }
-    }
-    assert_eq!(pos, body.len());
-    Ok(out)
-}
-
-fn test_keys() -> OrgKeys {
-    OrgKeys::generate().unwrap()
-}
-
-async fn db_count(srv: &TestServer, sql: &str) -> i64 {
-    srv.db
-        .owner()
-        .await
-        .query_one(sql, &[])
-        .await
-        .unwrap()
-        .get(0)
-}
 
 #[tokio::test]
 async fn backup_commit_browse_and_read_back() {
@@ -282,20 +63,19 @@ async fn backup_commit_browse_and_read_back() {
     assert_eq!(protected, 4);
 
     let job = start_job(&a, src, "incremental").await;
-    let d = delta(
-        src,
-        &[
-            upsert("Smith/IMG_0001.CR3", raw.len(), h1, &b1),
-            upsert("Smith/IMG_0001.xmp", xmp.len(), h2, &b2),
-            upsert("Smith/empty.txt", 0, h3, &b3),
-            Entry::Dir {
-                path: "Smith".into(),
-                raw_path: None,
-                mtime_ns: 1_700_000_000_000_000_000,
-                mode: 0o755,
-            },
-        ],
-    );
+    let entries = [
+        upsert("Smith/IMG_0001.CR3", raw.len(), h1, &b1),
+        upsert("Smith/IMG_0001.xmp", xmp.len(), h2, &b2),
+        upsert("Smith/empty.txt", 0, h3, &b3),
+        Entry::Dir {
+            path: "Smith".into(),
+            raw_path: None,
+            mtime_ns: 1_700_000_000_000_000_000,
+            mode: 0o755,
+            mac: None,
+        },
+    ];
+    let d = delta(src, &entries);
     let (s, v) = a
         .put_bytes(&format!("/v1/jobs/{job}/parts/0"), d.clone())
         .await;
@@ -306,7 +86,35 @@ async fn backup_commit_browse_and_read_back() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["new"], false, "a retried part changes nothing");
 
-    let (s, v) = commit(&a, job, 1).await;
+    // A digest that does not match what was staged is refused, and nothing is committed.
+    let mut wrong = entries.to_vec();
+    wrong.pop();
+    let (s, v) = a
+        .post_json(
+            &format!("/v1/jobs/{job}/commit"),
+            &serde_json::json!({"parts": 1, "delta_digest": digest_of(&wrong)}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not match what the agent sent"),
+        "{v}"
+    );
+    assert_eq!(db_count(&srv, "SELECT count(*) FROM backup_files").await, 0);
+    assert_eq!(
+        db_count(&srv, "SELECT count(*) FROM recovery_points").await,
+        0
+    );
+
+    let (s, v) = a
+        .post_json(
+            &format!("/v1/jobs/{job}/commit"),
+            &serde_json::json!({"parts": 1, "delta_digest": digest_of(&entries)}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let c1: Committed = serde_json::from_value(v).unwrap();
     assert_eq!((c1.seq, c1.files_added, c1.file_count), (1, 4, 3));
@@ -324,7 +132,12 @@ async fn backup_commit_browse_and_read_back() {
         ("SELECT count(*) FROM backup_files", 4),
         ("SELECT count(*) FROM backup_manifests", 1),
         ("SELECT count(*) FROM recovery_points", 1),
-        ("SELECT count(*) FROM backup_checksums WHERE subject_kind = 'manifest' AND status = 'verified'", 1),
+        ("SELECT count(*) FROM backup_checksums WHERE subject_kind = 'manifest' AND status = 'verified' \
+          AND expected_digest = actual_digest", 1),
+        ("SELECT count(*) FROM backup_jobs WHERE checksum_verification_passed", 1),
+        // Only a whole-point restore that re-read every file may claim this.
+        ("SELECT count(*) FROM recovery_points WHERE data_integrity_verified", 0),
+        ("SELECT count(*) FROM backup_files WHERE entry_mac IS NOT NULL", 4),
         ("SELECT count(*) FROM backup_logs WHERE component = 'commit'", 1),
         ("SELECT count(*) FROM backup_jobs WHERE status = 'completed' AND seq = 1", 1),
         ("SELECT count(*) FROM job_delta_entries", 0),
@@ -612,9 +425,10 @@ async fn hostile_uploads_and_deltas_are_refused_and_change_nothing() {
     // Hand-written lines: the format crate's writer would refuse to produce these.
     let raw_delta = |path: &str, size: u64| -> Vec<u8> {
         let header =
-            serde_json::json!({"keepsake_delta": 1, "source": src.to_string(), "parent_seq": null});
-        let mut entry =
-            serde_json::to_value(upsert("placeholder", size as usize, h, &blobs)).unwrap();
+            serde_json::json!({"keepsake_delta": 2, "source": src.to_string(), "parent_seq": null});
+        let mut sealed = upsert("placeholder", size as usize, h, &blobs);
+        sealed.seal(&mac_key());
+        let mut entry = serde_json::to_value(sealed).unwrap();
         entry["path"] = path.into();
         format!("{header}\n{entry}\n{{\"op\":\"end\",\"entries\":1}}\n").into_bytes()
     };
@@ -639,7 +453,21 @@ async fn hostile_uploads_and_deltas_are_refused_and_change_nothing() {
             "other source",
             delta(Uuid::new_v4(), &[upsert("a.bin", 50_000, h, &blobs)]),
         ),
-        ("garbage", b"{\"keepsake_delta\":1}\nnot json\n".to_vec()),
+        ("garbage", b"{\"keepsake_delta\":2}\nnot json\n".to_vec()),
+        ("retired version", {
+            let mut d = raw_delta("old/version.bin", 50_000);
+            let at = d
+                .windows(18)
+                .position(|w| w == b"\"keepsake_delta\":2")
+                .unwrap();
+            d[at + 17] = b'1';
+            d
+        }),
+        ("no MAC", {
+            let header = serde_json::json!({"keepsake_delta": 2, "source": src.to_string(), "parent_seq": null});
+            let entry = serde_json::to_value(upsert("unsealed.bin", 50_000, h, &blobs)).unwrap();
+            format!("{header}\n{entry}\n{{\"op\":\"end\",\"entries\":1}}\n").into_bytes()
+        }),
         ("cut", {
             let d = delta(src, &[upsert("a.bin", 50_000, h, &blobs)]);
             d[..d.len() - 5].to_vec()
@@ -827,26 +655,60 @@ async fn agents_are_append_only() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(commit(&other, job, 1).await.0, StatusCode::OK);
-    // Uploading a blob that exists never overwrites the stored copy.
-    let before: Vec<u8> = srv
-        .db
-        .owner()
-        .await
-        .query_one("SELECT pack_id::text::bytea FROM blobs", &[])
-        .await
-        .unwrap()
-        .get(0);
+    // Uploading a blob another machine stored never touches that machine's copy: it adds a copy
+    // of this machine's own (the server cannot tell which of two ciphertexts is right).
+    async fn copies(srv: &TestServer) -> Vec<(String, i64, Vec<u8>, String)> {
+        srv.db
+            .owner()
+            .await
+            .query(
+                "SELECT pack_id::text, pack_offset, cipher_hash, uploaded_by_agent_id::text \
+                 FROM blob_copies ORDER BY created_at",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    }
+    let before = copies(&srv).await;
+    assert_eq!(before.len(), 1);
+    let (_, v) = a
+        .post_json(
+            "/v1/blobs/missing",
+            &serde_json::json!({"ids": [blobs[0].id]}),
+        )
+        .await;
+    assert_eq!(
+        v["missing"].as_array().unwrap().len(),
+        1,
+        "another machine's copy is not trusted: {v}"
+    );
+    assert_eq!(v["foreign"].as_array().unwrap().len(), 1, "{v}");
     let stored = upload(&a, &[&blobs[0]]).await;
-    assert_eq!(stored.new_blobs, 0);
-    let after: Vec<u8> = srv
-        .db
-        .owner()
-        .await
-        .query_one("SELECT pack_id::text::bytea FROM blobs", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(before, after);
+    assert_eq!((stored.new_blobs, stored.kept), (1, true));
+    let after = copies(&srv).await;
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[0], before[0], "the first copy is untouched");
+    // The same blob again from the same machine is not kept twice (no row, no object).
+    let objects = walk(&srv.storage_dir()).len();
+    let again = upload(&a, &[&blobs[0]]).await;
+    assert_eq!((again.new_blobs, again.kept), (0, false));
+    assert_eq!(copies(&srv).await.len(), 2);
+    assert_eq!(
+        walk(&srv.storage_dir()).len(),
+        objects,
+        "the redundant pack object was deleted"
+    );
+    assert_eq!(
+        db_count(
+            &srv,
+            &format!("SELECT count(*) FROM packs WHERE id = '{}'", again.pack_id)
+        )
+        .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -876,10 +738,11 @@ async fn concurrent_uploads_of_one_blob_index_it_once() {
 }
 
 #[tokio::test]
-async fn a_corrupted_pack_is_detected_by_the_reader_for_that_blob_only() {
+async fn a_damaged_copy_is_refused_and_another_copy_is_read() {
     let srv = TestServer::start().await;
     let org = srv.create_org("Bitrot").await;
     let (_, a) = enroll(&srv, &org.enroll_token, "laptop").await;
+    let (_, nas) = enroll(&srv, &srv.enroll_token(org.organization_id).await, "nas").await;
     let keys = test_keys();
     let (_, b1) = seal(&keys, &vec![1u8; 30_000], 30_000);
     let (_, b2) = seal(&keys, &vec![2u8; 30_000], 30_000);
@@ -891,7 +754,7 @@ async fn a_corrupted_pack_is_detected_by_the_reader_for_that_blob_only() {
         .owner()
         .await
         .query_one(
-            "SELECT p.object_key, b.pack_offset FROM blobs b JOIN packs p ON p.id = b.pack_id WHERE b.blob_id = $1",
+            "SELECT p.object_key, c.pack_offset FROM blob_copies c JOIN packs p ON p.id = c.pack_id WHERE c.blob_id = $1",
             &[&b1[0].id.as_bytes().as_slice()],
         )
         .await
@@ -902,28 +765,37 @@ async fn a_corrupted_pack_is_detected_by_the_reader_for_that_blob_only() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[off as usize + 40] ^= 0x80;
     std::fs::write(&path, bytes).unwrap();
-    let got = read_blobs(&a, &[b1[0].id, b2[0].id]).await.unwrap();
-    assert!(keys
-        .open_blob(&got[0].0, &got[0].1, Some(&b1[0].cipher_hash))
-        .is_err());
+    // The server never sends damaged data: with no intact copy the stream is cut.
+    assert!(read_blobs(&a, &[b1[0].id, b2[0].id]).await.is_err());
+    let got = read_blobs(&a, &[b2[0].id]).await.unwrap();
     assert_eq!(
-        keys.open_blob(&got[1].0, &got[1].1, Some(&b2[0].cipher_hash))
+        keys.open_blob(&got[0].0, &got[0].1, Some(&b2[0].cipher_hash))
             .unwrap(),
         vec![2u8; 30_000]
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
+    // Another machine's copy of the same blob: the damaged one is refused, that one is sent.
+    let (_, b1_again) = seal(&keys, &vec![1u8; 30_000], 30_000);
+    assert_eq!(b1_again[0].id, b1[0].id);
+    upload(&nas, &[&b1_again[0]]).await;
+    let got = read_blobs(&a, &[b1[0].id, b2[0].id]).await.unwrap();
+    assert_eq!(
+        keys.open_blob(&got[0].0, &got[0].1, None).unwrap(),
+        vec![1u8; 30_000]
+    );
+    assert_eq!(got[0].1.len(), b1_again[0].ciphertext.len());
+    // Avoiding that copy leaves only the damaged one, which is never sent.
+    let err = read_blobs_avoiding(&a, &[b1[0].id], &[b1_again[0].cipher_hash])
+        .await
+        .unwrap_err();
+    assert_eq!(err.0, StatusCode::OK, "cut, not refused: {err:?}");
+    // Avoiding both leaves no copy: 404 blobs_missing.
+    let err = read_blobs_avoiding(
+        &a,
+        &[b1[0].id],
+        &[b1_again[0].cipher_hash, b1[0].cipher_hash],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.0, StatusCode::NOT_FOUND);
+    assert_eq!(err.1["code"], "blobs_missing");
 }

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use keepsake_server::testkit::{self, TestDb};
+
+pub mod hostile;
 use rand::{Rng, SeedableRng};
 
 /// Path of a binary built from this package (`e2e-keepsake`, `e2e-keepsake-server`).
@@ -253,6 +255,68 @@ pub fn tree_hashes(root: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
+/// What an entry of a tree is, for comparing trees by kind, permissions and content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// A regular file: permission bits and BLAKE3 of the content.
+    File { mode: u32, hash: String },
+    /// A folder and its permission bits.
+    Dir { mode: u32 },
+    /// A symbolic link and its target bytes.
+    Symlink { target: Vec<u8> },
+    /// A named pipe and its permission bits.
+    Fifo { mode: u32 },
+    /// Anything else.
+    Other,
+}
+
+/// Every entry under `root` (never following links): relative path → [`Node`]. Files with more
+/// than one name inside the tree are also returned as groups of paths sharing an inode.
+#[cfg(unix)]
+pub fn tree_nodes(root: &Path) -> (BTreeMap<PathBuf, Node>, Vec<Vec<PathBuf>>) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<PathBuf>> = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
+        let e = e.expect("walk");
+        let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
+        let m = std::fs::symlink_metadata(e.path()).expect("lstat");
+        let ft = m.file_type();
+        let mode = m.mode() & 0o7777;
+        let node = if ft.is_file() {
+            if m.nlink() > 1 {
+                inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_default()
+                    .push(rel.clone());
+            }
+            let data = std::fs::read(e.path()).expect("read");
+            Node::File {
+                mode,
+                hash: blake3::hash(&data).to_hex().to_string(),
+            }
+        } else if ft.is_dir() {
+            Node::Dir { mode }
+        } else if ft.is_symlink() {
+            Node::Symlink {
+                target: std::fs::read_link(e.path())
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+            }
+        } else if ft.is_fifo() {
+            Node::Fifo { mode }
+        } else {
+            Node::Other
+        };
+        out.insert(rel, node);
+    }
+    let groups = inodes.into_values().filter(|g| g.len() > 1).collect();
+    (out, groups)
+}
+
 /// Sizes of the files under `dir` (e.g. a storage folder).
 pub fn dir_size(dir: &Path) -> u64 {
     walkdir::WalkDir::new(dir)
@@ -281,6 +345,11 @@ impl Default for World {
 
 impl World {
     pub fn new() -> World {
+        World::with_server_args(&[])
+    }
+
+    /// A world whose server runs with extra `serve` flags (e.g. `--job-lease-secs 2`).
+    pub fn with_server_args(extra: &[&str]) -> World {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -291,7 +360,7 @@ impl World {
             .tempdir()
             .unwrap();
         let root = dir.path().to_path_buf();
-        let server = ServerProc::start(&db.url(), &root.join("server"), None);
+        let server = ServerProc::start_with(&db.url(), &root.join("server"), None, extra);
         World {
             _dir: dir,
             root,
@@ -362,28 +431,33 @@ impl World {
         })
     }
 
-    /// Flips one bit inside the stored blob of the file at `path` (its first chunk), directly
-    /// in the pack on the server's local storage.
+    /// Flips one bit inside every stored copy of the first blob of the file at `path`, directly
+    /// in the packs on the server's local storage.
     pub fn corrupt_blob_of(&self, path: &str) {
-        let (key, off): (String, i64) = self.rt.block_on(async {
+        let copies: Vec<(String, i64)> = self.rt.block_on(async {
             let c = self.db.owner().await;
-            let r = c
-                .query_one(
-                    "SELECT p.object_key, b.pack_offset FROM backup_files f \
-                     JOIN content_chunks cc ON cc.organization_id = f.organization_id AND cc.content_hash = f.content_hash \
-                     JOIN blobs b ON b.organization_id = cc.organization_id AND b.blob_id = cc.blob_id \
-                     JOIN packs p ON p.id = b.pack_id \
-                     WHERE f.path = $1 LIMIT 1",
-                    &[&path],
-                )
-                .await
-                .unwrap();
-            (r.get(0), r.get(1))
+            c.query(
+                "SELECT p.object_key, bc.pack_offset FROM backup_files f \
+                 JOIN content_chunks cc ON cc.organization_id = f.organization_id \
+                      AND cc.content_hash = f.content_hash AND cc.agent_id = f.agent_id AND cc.seq = 0 \
+                 JOIN blob_copies bc ON bc.organization_id = cc.organization_id AND bc.blob_id = cc.blob_id \
+                 JOIN packs p ON p.id = bc.pack_id \
+                 WHERE f.path = $1",
+                &[&path],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
         });
-        let pack = self.storage().join(key);
-        let mut bytes = std::fs::read(&pack).unwrap();
-        bytes[off as usize + 100] ^= 0x01;
-        std::fs::write(&pack, bytes).unwrap();
+        assert!(!copies.is_empty(), "no stored blob of {path}");
+        for (key, off) in copies {
+            let pack = self.storage().join(key);
+            let mut bytes = std::fs::read(&pack).unwrap();
+            bytes[off as usize + 100] ^= 0x01;
+            std::fs::write(&pack, bytes).unwrap();
+        }
     }
 
     /// Runs a statement as the schema owner (test set-up, e.g. organisation settings).
@@ -393,6 +467,19 @@ impl World {
                 .owner()
                 .await
                 .execute(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+
+    /// Runs several statements as the schema owner in one round trip (e.g. a transaction that
+    /// tampers with history the way someone with database access could).
+    pub fn batch(&self, sql: &str) {
+        self.rt.block_on(async {
+            self.db
+                .owner()
+                .await
+                .batch_execute(sql)
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}"))
         })

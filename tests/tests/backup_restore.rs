@@ -149,12 +149,13 @@ fn backup_restore_incremental_and_older_points() {
 }
 
 #[test]
-fn dedup_across_machines_of_one_organisation_and_never_across_organisations() {
+fn machines_rely_only_on_copies_they_uploaded_or_checked_and_never_across_organisations() {
     let w = World::new();
     let org = w.create_org("Dedup Studio");
     let other = w.create_org("Other Studio");
     let laptop = w.agent("laptop", org["enroll_token"].as_str().unwrap());
     let nas = w.agent("nas", &w.enroll_token(org["slug"].as_str().unwrap()));
+    let studio = w.agent("studio", &w.enroll_token(org["slug"].as_str().unwrap()));
     let stranger = w.agent("stranger", other["enroll_token"].as_str().unwrap());
     // The second machine unlocked the first machine's keys with the passphrase.
     let k1: serde_json::Value =
@@ -172,26 +173,48 @@ fn dedup_across_machines_of_one_organisation_and_never_across_organisations() {
     let b = w.dir("nas-copy");
     write_shoot(&b, 5, 4, 2_000_000);
     let s1 = backup(&laptop, &a);
+    // A backup-only machine cannot check the laptop's ciphertext, so it keeps its own copy: a
+    // stolen or broken laptop can never spoil the NAS's backup of the same photos.
     let s2 = backup(&nas, &b);
-    let s3 = backup(&stranger, &b);
-    let (sent1, sent2, sent3) = (
-        s1["bytes_sent"].as_u64().unwrap(),
-        s2["bytes_sent"].as_u64().unwrap(),
-        s3["bytes_sent"].as_u64().unwrap(),
+    // A machine that keeps the organisation's identity checks the copies instead of uploading.
+    w.execute(
+        "UPDATE organizations SET settings = settings || '{\"agents_keep_unsealed_key\": true}'::jsonb",
     );
+    studio.ok(&["unlock", "--remember"]);
+    let c = w.dir("studio-copy");
+    write_shoot(&c, 5, 4, 2_000_000);
+    let s3 = backup(&studio, &c);
+    let s4 = backup(&stranger, &b);
+    let sent = |s: &serde_json::Value| s["bytes_sent"].as_u64().unwrap();
     assert!(
-        sent2 < sent1 / 20,
-        "the same photos from a second machine: {sent2} vs {sent1}"
+        sent(&s2) > sent(&s1) * 9 / 10,
+        "the NAS uploads its own copy: {} vs {}",
+        sent(&s2),
+        sent(&s1)
     );
+    assert_eq!(s2["blobs_adopted"], 0);
     assert!(
-        sent3 > sent1 * 9 / 10,
-        "another organisation shares nothing: {sent3} vs {sent1}"
+        sent(&s3) < sent(&s1) / 20,
+        "the studio machine checked and adopted the copies: {} vs {}",
+        sent(&s3),
+        sent(&s1)
+    );
+    assert!(s3["blobs_adopted"].as_u64().unwrap() > 0, "{s3}");
+    assert!(
+        sent(&s4) > sent(&s1) * 9 / 10,
+        "another organisation shares nothing: {} vs {}",
+        sent(&s4),
+        sent(&s1)
     );
     // The NAS's point restores on the laptop's side too (same organisation).
     let p = s2["committed"]["recovery_point_id"].as_str().unwrap();
     let out = w.dir("cross-restore");
     assert!(restore(&laptop, p, &out, &[]).status.success());
     assert_same_tree(&b, &out);
+    let p3 = s3["committed"]["recovery_point_id"].as_str().unwrap();
+    let out3 = w.dir("studio-restore");
+    assert!(restore(&laptop, p3, &out3, &[]).status.success());
+    assert_same_tree(&c, &out3);
     // The stranger cannot restore it.
     let r = restore(&stranger, p, &w.dir("nope"), &[]);
     assert!(!r.status.success());
@@ -266,10 +289,10 @@ fn agent_killed_during_upload_and_at_commit_boundaries_loses_nothing() {
         ),
         tree_hashes(&shoot).len() as i64
     );
-    // No blob stored twice in the index; storage holds at most the aborted pack in excess.
+    // No blob stored twice for this machine; storage holds at most the aborted pack in excess.
     assert_eq!(
-        w.count("SELECT count(*) FROM blobs"),
-        w.count("SELECT count(DISTINCT blob_id) FROM blobs")
+        w.count("SELECT count(*) FROM blob_copies"),
+        w.count("SELECT count(DISTINCT blob_id) FROM blob_copies")
     );
     let stored = dir_size(&w.storage());
     assert!(

@@ -122,6 +122,10 @@ pub struct RestoreArgs {
     /// Files restored in parallel.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// Keep set-user-ID, set-group-ID and sticky bits (honoured only when running as root;
+    /// otherwise modes are restored masked to rwxrwxrwx).
+    #[arg(long)]
+    pub keep_special_bits: bool,
     #[command(flatten)]
     pub secrets: SecretArgs,
     /// Print a JSON summary.
@@ -256,6 +260,7 @@ pub(crate) fn cmd_backup(
         let matcher = Arc::new(build_matcher(&root, home_dir, &args.rules)?);
         let mut opts = SyncBackupOptions::new(matcher);
         opts.wedding_critical = args.critical;
+        opts.verifier = home.stored_secret_keys()?.map(Arc::new);
         let pb = bar(
             args.json,
             0,
@@ -297,6 +302,23 @@ pub(crate) fn cmd_backup(
                     String::new()
                 }
             )?;
+            if s.skipped_count > 0 {
+                writeln!(
+                    out,
+                    "  not backed up because of their kind: {}",
+                    s.skipped_count
+                )?;
+                for k in &s.skipped {
+                    writeln!(out, "    {}: {}", k.rel, k.detail)?;
+                }
+                if (s.skipped.len() as u64) < s.skipped_count {
+                    writeln!(
+                        out,
+                        "    … and {} more",
+                        s.skipped_count - s.skipped.len() as u64
+                    )?;
+                }
+            }
         }
         summaries.push(serde_json::json!({"root": root, "summary": s}));
     }
@@ -373,6 +395,7 @@ pub(crate) fn cmd_ls(home: &Path, args: LsArgs, out: &mut dyn Write) -> anyhow::
                     FileKind::Directory => "d",
                     FileKind::Symlink => "l",
                     FileKind::File => "-",
+                    FileKind::Fifo => "p",
                 };
                 writeln!(out, "{kind} {:>12}  {}", f.size, f.path)?;
             }
@@ -411,6 +434,7 @@ pub(crate) fn cmd_restore(
     opts.prefix = args.path.clone();
     opts.overwrite = args.overwrite;
     opts.workers = args.workers.max(1);
+    opts.keep_special_bits = args.keep_special_bits;
     let progress = RestoreProgress::default();
     let pb = bar(args.json, 0, "{spinner} {msg}  {elapsed_precise}");
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -437,7 +461,7 @@ pub(crate) fn cmd_restore(
     } else {
         writeln!(
             out,
-            "restored {} files ({}) into {} in {:.2?}; {} already complete, {} beside existing files, {} folders, {} links",
+            "restored {} files ({}) into {} in {:.2?}; {} already complete, {} beside existing files, {} folders, {} links, {} hard links, {} named pipes",
             report.files_restored,
             format_bytes(report.bytes),
             args.to.display(),
@@ -445,8 +469,24 @@ pub(crate) fn cmd_restore(
             report.files_skipped,
             report.files_beside,
             report.dirs,
-            report.symlinks
+            report.symlinks,
+            report.hard_links,
+            report.fifos
         )?;
+        if report.refused > 0 {
+            writeln!(
+                out,
+                "REFUSED {} entries whose metadata is not authenticated (not restored)",
+                report.refused
+            )?;
+        }
+        if report.renamed_count > 0 {
+            writeln!(
+                out,
+                "{} paths restored under another name (see --json for the list)",
+                report.renamed_count
+            )?;
+        }
         for f in &report.failures {
             writeln!(out, "FAILED {}: {}", f.path, f.error)?;
         }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keepsake_common::api::*;
-use keepsake_common::ids::BlobId;
+use keepsake_common::ids::{BlobId, CipherHash};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -274,7 +274,17 @@ impl ApiClient {
 
     /// `POST /v1/blobs/missing` (any number of IDs; batched).
     pub fn missing(&self, ids: &[BlobId]) -> Result<Vec<BlobId>, ClientError> {
+        Ok(self.missing_detail(ids)?.0)
+    }
+
+    /// `POST /v1/blobs/missing`: the IDs this machine holds no trusted copy of, and those of them
+    /// that other machines uploaded (which a machine holding the identity may check and adopt).
+    pub fn missing_detail(
+        &self,
+        ids: &[BlobId],
+    ) -> Result<(Vec<BlobId>, Vec<BlobId>), ClientError> {
         let mut out = Vec::new();
+        let mut foreign = Vec::new();
         for batch in ids.chunks(MAX_MISSING_QUERY) {
             let r: MissingResponse = self.post_json(
                 "/v1/blobs/missing",
@@ -283,8 +293,24 @@ impl ApiClient {
                 },
             )?;
             out.extend(r.missing);
+            foreign.extend(r.foreign);
         }
-        Ok(out)
+        Ok((out, foreign))
+    }
+
+    /// `POST /v1/blobs/adopt`: copies this machine read back and checked against their IDs.
+    pub fn adopt(&self, copies: &[BlobCopy]) -> Result<u64, ClientError> {
+        let mut adopted = 0;
+        for batch in copies.chunks(MAX_ADOPT) {
+            let r: AdoptResponse = self.post_json(
+                "/v1/blobs/adopt",
+                &AdoptRequest {
+                    copies: batch.to_vec(),
+                },
+            )?;
+            adopted += r.adopted;
+        }
+        Ok(adopted)
     }
 
     /// `POST /v1/packs` with a framed blob stream.
@@ -500,7 +526,19 @@ impl ApiClient {
 
     /// `POST /v1/blobs/read`: a framed stream of the blobs, to read with the framing decoder.
     pub fn read_blobs(&self, ids: &[BlobId]) -> Result<impl Read, ClientError> {
-        let req = ReadBlobsRequest { ids: ids.to_vec() };
+        self.read_blobs_avoiding(ids, &[])
+    }
+
+    /// `POST /v1/blobs/read`, asking for copies other than `avoid` (copies found wrong).
+    pub fn read_blobs_avoiding(
+        &self,
+        ids: &[BlobId],
+        avoid: &[CipherHash],
+    ) -> Result<impl Read, ClientError> {
+        let req = ReadBlobsRequest {
+            ids: ids.to_vec(),
+            avoid: avoid.to_vec(),
+        };
         self.send(Method::POST, "/v1/blobs/read", |rb| Ok(rb.json(&req)))
     }
 }

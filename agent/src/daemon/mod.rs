@@ -723,6 +723,7 @@ impl Daemon {
             opts.wedding_critical = critical_pass;
             opts.bandwidth_kbps = bandwidth;
             opts.retry = Some(BACKUP_RETRY);
+            opts.verifier = self.home.stored_secret_keys().ok().flatten().map(Arc::new);
             opts.tune = Some(Box::new(move |b: &mut crate::pipeline::BackupOptions| {
                 b.select = Some(select.clone());
                 b.priority = Some(priority.clone());

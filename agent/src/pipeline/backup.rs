@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use keepsake_common::delta::DeltaHeader;
 use keepsake_common::keys::OrgPublicKeys;
+use keepsake_common::mac::EntryMacKey;
 use serde::Serialize;
 
 use super::{
@@ -305,7 +306,7 @@ impl PlanObserver for Feeder<'_, '_> {
                     }
                 }
             }
-            EntryKind::Dir | EntryKind::Symlink => {
+            EntryKind::Dir | EntryKind::Symlink | EntryKind::Fifo => {
                 let r = self.collector.delta.add_scanned(e);
                 self.collector.delta_result(r);
             }
@@ -340,6 +341,7 @@ pub fn backup_to_sink(
         opts.delta_header.clone(),
         opts.delta_limits,
         opts.journal,
+        EntryMacKey::derive(&keys.chunk_id_key),
     )?;
     let mut pipeline = Pipeline::start(keys, sink.clone(), opts.pipeline.clone())?;
     let threads = pipeline.threads();

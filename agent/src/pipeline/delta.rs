@@ -3,6 +3,10 @@
 //! `max_entries` entries and `max_bytes` bytes, so the server can receive and stage parts one at
 //! a time and neither side holds a delta in memory. A part always holds at least one entry (an
 //! entry larger than `max_bytes` gets a part of its own); a job with no change has no part.
+//! Every entry is sealed with the organisation's entry MAC as it is written, and a digest of all
+//! entries in order ([`DeltaOutput::digest`]) goes with the commit so the server can prove it
+//! staged exactly what was sent. The part files are scratch: a crash loses them and the next run
+//! writes new ones.
 //!
 //! Alongside, the builder writes a **commit journal**: per entry, what
 //! `Catalog::record_commit` needs once the server has committed the job (catalog key, the
@@ -15,7 +19,11 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use keepsake_common::delta::{DeltaError, DeltaHeader, DeltaWriter, Entry as DeltaEntry};
+use keepsake_common::delta::{
+    DeltaDigester, DeltaError, DeltaHeader, DeltaWriter, Entry as DeltaEntry,
+};
+use keepsake_common::ids::DeltaDigest;
+use keepsake_common::mac::EntryMacKey;
 use keepsake_common::path::{bytes_to_wire, os_path_to_wire, PathError};
 use serde::Serialize;
 
@@ -112,8 +120,28 @@ pub struct DeltaOutput {
     pub dirs: u64,
     /// Symlinks.
     pub symlinks: u64,
+    /// Named pipes.
+    pub fifos: u64,
+    /// Digest of every entry written, in order (sent with the commit).
+    pub digest: DeltaDigest,
     /// The commit journal, when one was written.
     pub journal: Option<CommitJournal>,
+}
+
+impl DeltaOutput {
+    fn empty() -> DeltaOutput {
+        DeltaOutput {
+            parts: Vec::new(),
+            entries: 0,
+            upserts: 0,
+            deletes: 0,
+            dirs: 0,
+            symlinks: 0,
+            fifos: 0,
+            digest: DeltaDigester::new().finish(),
+            journal: None,
+        }
+    }
 }
 
 struct Counting<W> {
@@ -152,6 +180,8 @@ pub struct DeltaBuilder {
     parts: Vec<DeltaPart>,
     journal: Option<(PathBuf, BufWriter<File>, u64)>,
     scratch: Vec<u8>,
+    key: EntryMacKey,
+    digest: DeltaDigester,
     out: DeltaOutput,
 }
 
@@ -167,12 +197,14 @@ impl std::fmt::Debug for DeltaBuilder {
 
 impl DeltaBuilder {
     /// A builder writing `part-NNNNNN.ndjson` files (and `commit-journal.bin` when `journal`)
-    /// into `dir`, which is created if needed. Existing files are never overwritten.
+    /// into `dir`, which is created if needed, sealing entries with `key`. Existing files are
+    /// never overwritten.
     pub fn new(
         dir: &Path,
         header: DeltaHeader,
         limits: DeltaLimits,
         journal: bool,
+        key: EntryMacKey,
     ) -> Result<DeltaBuilder, DeltaBuildError> {
         fs::create_dir_all(dir)?;
         let header_len = serde_json::to_vec(&header)
@@ -203,15 +235,9 @@ impl DeltaBuilder {
             parts: Vec::new(),
             journal,
             scratch: Vec::new(),
-            out: DeltaOutput {
-                parts: Vec::new(),
-                entries: 0,
-                upserts: 0,
-                deletes: 0,
-                dirs: 0,
-                symlinks: 0,
-                journal: None,
-            },
+            key,
+            digest: DeltaDigester::new(),
+            out: DeltaOutput::empty(),
         })
     }
 
@@ -222,24 +248,35 @@ impl DeltaBuilder {
 
     /// Adds a file's new version.
     pub fn add_file(&mut self, r: &FileResult) -> Result<(), DeltaBuildError> {
-        let entry = r.delta_entry().map_err(|source| DeltaBuildError::Path {
-            rel: r.rel.clone(),
-            source,
-        })?;
-        self.write(&r.rel, &entry, Some(&r.commit_entry()))?;
+        let mut entry = r
+            .delta_entry(&self.key)
+            .map_err(|source| DeltaBuildError::Path {
+                rel: r.rel.clone(),
+                source,
+            })?;
+        self.write(&r.rel, &mut entry, Some(&r.commit_entry()))?;
         self.out.upserts += 1;
         Ok(())
     }
 
-    /// Adds a folder or a symlink the scan saw (files go through [`DeltaBuilder::add_file`]).
+    /// Adds a folder, a symlink or a named pipe the scan saw (files go through
+    /// [`DeltaBuilder::add_file`]).
     pub fn add_scanned(&mut self, e: &Entry) -> Result<(), DeltaBuildError> {
         let (path, raw_path) = wire(&e.rel)?;
-        let entry = match e.kind {
+        let mut entry = match e.kind {
             EntryKind::Dir => DeltaEntry::Dir {
                 path,
                 raw_path,
                 mtime_ns: e.mtime_ns,
                 mode: e.mode,
+                mac: None,
+            },
+            EntryKind::Fifo => DeltaEntry::Fifo {
+                path,
+                raw_path,
+                mtime_ns: e.mtime_ns,
+                mode: e.mode,
+                mac: None,
             },
             EntryKind::Symlink => {
                 let target = e.symlink_target.as_deref().unwrap_or_default();
@@ -250,6 +287,7 @@ impl DeltaBuilder {
                     target: display,
                     raw_target: escaped.then(|| target.to_vec()),
                     mtime_ns: e.mtime_ns,
+                    mac: None,
                 }
             }
             EntryKind::File => {
@@ -268,11 +306,11 @@ impl DeltaBuilder {
             content_hash: None,
             blobs: Vec::new(),
         };
-        self.write(&e.rel, &entry, Some(&commit))?;
-        if e.kind == EntryKind::Dir {
-            self.out.dirs += 1;
-        } else {
-            self.out.symlinks += 1;
+        self.write(&e.rel, &mut entry, Some(&commit))?;
+        match e.kind {
+            EntryKind::Dir => self.out.dirs += 1,
+            EntryKind::Fifo => self.out.fifos += 1,
+            _ => self.out.symlinks += 1,
         }
         Ok(())
     }
@@ -280,11 +318,11 @@ impl DeltaBuilder {
     /// Adds the deletion of a path (a folder's deletion covers everything under it).
     pub fn add_deletion(&mut self, rel: &RelPath, kind: EntryKind) -> Result<(), DeltaBuildError> {
         let (path, raw_path) = wire(rel)?;
-        let entry = DeltaEntry::Delete { path, raw_path };
+        let mut entry = DeltaEntry::Delete { path, raw_path };
         let commit = CommitEntry::Deletion {
             key: catalog_key(rel, kind == EntryKind::Dir),
         };
-        self.write(rel, &entry, Some(&commit))?;
+        self.write(rel, &mut entry, Some(&commit))?;
         self.out.deletes += 1;
         Ok(())
     }
@@ -292,13 +330,15 @@ impl DeltaBuilder {
     fn write(
         &mut self,
         rel: &RelPath,
-        entry: &DeltaEntry,
+        entry: &mut DeltaEntry,
         commit: Option<&CommitEntry>,
     ) -> Result<(), DeltaBuildError> {
         entry.validate().map_err(|msg| DeltaBuildError::Invalid {
             rel: rel.clone(),
             msg,
         })?;
+        // Sealed here too, so the size check below sees the line as it will be written.
+        entry.seal(&self.key);
         self.scratch.clear();
         serde_json::to_writer(&mut self.scratch, entry)
             .map_err(|e| DeltaBuildError::Journal(e.to_string()))?;
@@ -324,7 +364,7 @@ impl DeltaBuilder {
             self.open = Some(OpenPart {
                 index,
                 path,
-                writer: DeltaWriter::new(w, &self.header)?,
+                writer: DeltaWriter::new(w, &self.header, &self.key)?,
                 bytes: self.header_len,
             });
         }
@@ -332,6 +372,7 @@ impl DeltaBuilder {
             p.writer.write(entry)?;
             p.bytes += line;
         }
+        self.digest.add(entry);
         self.out.entries += 1;
         if let (Some((_, w, n)), Some(c)) = (self.journal.as_mut(), commit) {
             write_journal(w, c)?;
@@ -360,19 +401,9 @@ impl DeltaBuilder {
     /// Finishes the last part and the journal.
     pub fn finish(mut self) -> Result<DeltaOutput, DeltaBuildError> {
         self.close_part()?;
-        let mut out = std::mem::replace(
-            &mut self.out,
-            DeltaOutput {
-                parts: Vec::new(),
-                entries: 0,
-                upserts: 0,
-                deletes: 0,
-                dirs: 0,
-                symlinks: 0,
-                journal: None,
-            },
-        );
+        let mut out = std::mem::replace(&mut self.out, DeltaOutput::empty());
         out.parts = std::mem::take(&mut self.parts);
+        out.digest = self.digest.finish();
         if let Some((path, mut w, entries)) = self.journal.take() {
             w.flush()?;
             w.into_inner().map_err(|e| e.into_error())?;

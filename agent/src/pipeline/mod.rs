@@ -63,6 +63,7 @@ use keepsake_common::crypto::CryptoError;
 use keepsake_common::delta::{ChunkRef, Entry as DeltaEntry};
 use keepsake_common::ids::{BlobId, ChunkIdKey, ContentHash, ContentHasher};
 use keepsake_common::keys::{AgeRecipient, KeyError, OrgPublicKeys};
+use keepsake_common::mac::EntryMacKey;
 use keepsake_common::path::{os_path_to_wire, PathError};
 use serde::Serialize;
 
@@ -101,6 +102,8 @@ pub struct FileTask {
     pub inode: u64,
     /// Mode the scan saw.
     pub mode: u32,
+    /// (device, inode) when the scan saw more than one name for the inode (a hard link).
+    pub hard_link: Option<(u64, u64)>,
     /// Work order: critical files are read first.
     pub priority: Priority,
 }
@@ -116,6 +119,7 @@ impl FileTask {
             ctime_ns: e.ctime_ns,
             inode: e.inode,
             mode: e.mode,
+            hard_link: (e.nlink > 1).then_some((e.device, e.inode)),
             priority,
         }
     }
@@ -140,6 +144,8 @@ pub struct FileResult {
     pub inode: u64,
     /// Unix mode (type and permission bits).
     pub mode: u32,
+    /// (device, inode) of a file with more than one name (see [`FileTask::hard_link`]).
+    pub hard_link: Option<(u64, u64)>,
     /// Keyed hash of the whole content.
     pub content_hash: ContentHash,
     /// The chunks in order.
@@ -165,8 +171,9 @@ impl FileResult {
             .collect()
     }
 
-    /// The delta's upsert entry (the path in wire form; non-UTF-8 names carry `raw_path`).
-    pub fn delta_entry(&self) -> Result<DeltaEntry, PathError> {
+    /// The delta's upsert entry (the path in wire form; non-UTF-8 names carry `raw_path`); its
+    /// hard-link group is computed with `key`, and its MAC is set when the delta is written.
+    pub fn delta_entry(&self, key: &EntryMacKey) -> Result<DeltaEntry, PathError> {
         let (path, raw_path) = os_path_to_wire(&self.rel.to_path())?;
         Ok(DeltaEntry::Upsert {
             path,
@@ -176,6 +183,8 @@ impl FileResult {
             mode: self.mode,
             content_hash: self.content_hash,
             chunks: self.chunks.clone(),
+            link: self.hard_link.map(|(dev, ino)| key.link_group(dev, ino)),
+            mac: None,
         })
     }
 

@@ -306,6 +306,7 @@ mod tests {
                 ctime_ns: 0,
                 inode: 0,
                 mode: 0o100644,
+                hard_link: None,
                 priority,
             },
             attempts: 0,

@@ -437,6 +437,7 @@ impl Shared {
             ctime_ns: after.ctime_ns,
             inode: after.inode,
             mode: after.mode,
+            hard_link: task.hard_link.filter(|&(_, ino)| ino == after.inode),
             content_hash: content.content_hash,
             chunks: content.chunks,
             attempts: 0,

@@ -24,6 +24,7 @@
 //! recovery requests on each policy refresh.
 
 use std::collections::{BinaryHeap, HashSet};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -38,15 +39,18 @@ use keepsake_common::api::{
 };
 use keepsake_common::ids::ChunkIdKey;
 use keepsake_common::keys::OrgKeys;
+use keepsake_common::mac::EntryMacKey;
+use keepsake_common::path::wire_path_bytes;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::client::{ApiClient, ClientError, RetryPolicy};
 use crate::home::Home;
-use crate::restore::names::{local_rel_path, NameRules};
+use crate::restore::names::{beside_path, local_rel_path, os_bytes, NameRules};
+use crate::restore::target::{file_meta, Dir, Kind, Target};
 use crate::restore::{
-    self, safe_join, RenamedPath, RestoreFailure, RestoreOptions, RestoreProgress, RestoreReport,
-    BESIDE_SUFFIX,
+    self, PlaceError, Placement, RenamedPath, RestoreFailure, RestoreOptions, RestoreProgress,
+    RestoreReport, RestoreSource, BESIDE_SUFFIX,
 };
 
 /// Test hook: when set to a number, [`free_space`] reports that many free bytes instead of
@@ -180,7 +184,7 @@ pub fn plan_restore(
     for_each_entry(client, point, prefixes, false, |f| {
         match f.kind {
             FileKind::Directory => plan.dirs += 1,
-            FileKind::Symlink => plan.files += 1,
+            FileKind::Symlink | FileKind::Fifo => plan.files += 1,
             FileKind::File => {
                 plan.files += 1;
                 plan.bytes += f.size;
@@ -259,16 +263,16 @@ pub struct ValidateProgress {
 }
 
 fn path_key(rel: &Path) -> u128 {
-    let h = blake3::hash(rel.as_os_str().as_encoded_bytes());
+    let h = blake3::hash(&os_bytes(rel.as_os_str()));
     let mut b = [0u8; 16];
     b.copy_from_slice(&h.as_bytes()[..16]);
     u128::from_le_bytes(b)
 }
 
+/// Where the restore writes a copy beside a different local file (the one naming rule both
+/// use).
 fn beside(rel: &Path) -> PathBuf {
-    let mut name = rel.file_name().unwrap_or_default().to_os_string();
-    name.push(BESIDE_SUFFIX);
-    rel.with_file_name(name)
+    beside_path(rel)
 }
 
 enum Check {
@@ -277,28 +281,30 @@ enum Check {
     Mismatch(String),
 }
 
-/// Re-reads `full` (never following a symlink) and compares size and keyed content hash.
+/// Re-reads `name` in `dir` (never following a symlink) and compares size and keyed content
+/// hash.
 fn check_file(
-    full: &Path,
+    dir: &Dir,
+    name: &OsStr,
     f: &FileAtPoint,
     key: &ChunkIdKey,
     progress: &ValidateProgress,
 ) -> Check {
-    let meta = match fs::symlink_metadata(full) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Check::Missing("not found".into()),
+    let meta = match dir.stat(name) {
+        Ok(Some(m)) => m,
+        Ok(None) => return Check::Missing("not found".into()),
         Err(e) => return Check::Missing(e.to_string()),
     };
-    if !meta.is_file() {
+    if meta.kind != Kind::File {
         return Check::Mismatch("not a regular file".into());
     }
-    if meta.len() != f.size {
-        return Check::Mismatch(format!("{} bytes instead of {}", meta.len(), f.size));
+    if meta.size != f.size {
+        return Check::Mismatch(format!("{} bytes instead of {}", meta.size, f.size));
     }
     let Some(expected) = f.content_hash else {
         return Check::Mismatch("the point has no content hash for it".into());
     };
-    let mut file = match open_nofollow(full) {
+    let mut file = match open_nofollow(dir, name) {
         Ok(f) => f,
         Err(e) => return Check::Mismatch(format!("cannot read: {e}")),
     };
@@ -326,15 +332,52 @@ fn check_file(
     Check::Ok(total)
 }
 
-fn open_nofollow(path: &Path) -> io::Result<fs::File> {
-    let mut o = fs::OpenOptions::new();
-    o.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(libc::O_NOFOLLOW);
+/// Opens `name` in `dir` for reading: a symlink is refused, a named pipe does not block, and
+/// what was opened must be a regular file.
+fn open_nofollow(dir: &Dir, name: &OsStr) -> io::Result<fs::File> {
+    let file = dir.open_read(name)?;
+    if file_meta(&file)?.kind != Kind::File {
+        return Err(io::Error::other("not a regular file"));
     }
-    o.open(path)
+    Ok(file)
+}
+
+/// The folders of the target, reached without following links; the last one is kept open.
+struct Walker {
+    target: Option<Target>,
+    last: Option<(PathBuf, Dir)>,
+}
+
+impl Walker {
+    /// The folder of `rel` and its name, or why not.
+    fn parent_of<'a>(&mut self, rel: &'a Path) -> Result<(&Dir, &'a OsStr), Check> {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(Check::Missing("not a file path".into()));
+        };
+        if !matches!(&self.last, Some((p, _)) if p == parent) {
+            self.last = None;
+            let dir = self.folder(parent, rel)?;
+            self.last = Some((parent.to_path_buf(), dir));
+        }
+        match &self.last {
+            Some((_, d)) => Ok((d, name)),
+            None => Err(Check::Missing("not found".into())),
+        }
+    }
+
+    /// The folder `rel` itself.
+    fn folder(&self, rel: &Path, entry: &Path) -> Result<Dir, Check> {
+        let Some(t) = &self.target else {
+            return Err(Check::Missing("the target folder does not exist".into()));
+        };
+        t.folder(rel, None, entry, &mut 0).map_err(|e| {
+            if e.is_not_found() {
+                Check::Missing(e.to_string())
+            } else {
+                Check::Mismatch(e.to_string())
+            }
+        })
+    }
 }
 
 struct Problems {
@@ -351,14 +394,28 @@ impl Problems {
             }));
         }
     }
+
+    fn count(&mut self, report: &mut ValidationReport, path: &str, c: Check) {
+        match c {
+            Check::Ok(n) => report.bytes_checked += n,
+            Check::Missing(m) => {
+                report.missing += 1;
+                self.add(path, "missing", &m);
+            }
+            Check::Mismatch(m) => {
+                report.mismatches += 1;
+                self.add(path, "mismatch", &m);
+            }
+        }
+    }
 }
 
-/// Checks a restored tree: every entry of `point` under `prefixes` must be in `target` (where
-/// the restore put it: safe names under `rules`, or beside a different local file) with the
-/// point's size and keyed content hash (re-read from disk, streamed), symlinks with their
-/// target, folders as folders. Files in the target under the prefixes that the point does not
-/// have are counted as `extra` (they do not fail the validation). Memory: 16 bytes per expected
-/// path for the extra check, plus one read buffer.
+/// Checks a restored tree: every entry of `point` under `prefixes` must be in `target` where
+/// the restore put it, with the point's size and keyed content hash (re-read from disk,
+/// streamed), symlinks with their target, named pipes as pipes, folders as folders. Files in the
+/// target under the prefixes that the point does not have are counted as `extra` (they do not
+/// fail the validation). Memory: 16 bytes per expected path for the extra check, plus one read
+/// buffer. The target's letter-case handling is probed (see [`validate_from`]).
 pub fn validate(
     client: &ApiClient,
     key: &ChunkIdKey,
@@ -368,11 +425,45 @@ pub fn validate(
     rules: NameRules,
     progress: &ValidateProgress,
 ) -> Result<ValidationReport, RecoveryError> {
+    validate_from(client, key, point, prefixes, target, rules, None, progress)
+}
+
+/// [`validate`] with the listing read from `source`, and the target's letter-case handling
+/// given (`case_insensitive`; `None`: probed). Where the restore put each entry is found by
+/// replaying its placement ([`Placement`]) over the same listing, prefix by prefix and in the
+/// same order: safe names under `rules`, names given to case collisions, copies beside a
+/// different local file. Entries whose metadata MAC does not verify were refused by the restore
+/// and count as missing. Folders are reached without following links: a symlink in a parent is
+/// a mismatch, never followed.
+#[allow(clippy::too_many_arguments)]
+pub fn validate_from(
+    source: &dyn RestoreSource,
+    key: &ChunkIdKey,
+    point: Uuid,
+    prefixes: &[String],
+    target: &Path,
+    rules: NameRules,
+    case_insensitive: Option<bool>,
+    progress: &ValidateProgress,
+) -> Result<ValidationReport, RecoveryError> {
     let prefixes = normalize_prefixes(prefixes);
-    let root = match fs::canonicalize(target) {
-        Ok(r) => Some(r),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_at(target)(e)),
+    let opened = match Target::open(target, false) {
+        Ok(t) => Some(t),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(RecoveryError::Other(e.to_string())),
+    };
+    let root = match &opened {
+        Some(_) => Some(fs::canonicalize(target).map_err(io_at(target))?),
+        None => None,
+    };
+    let case_insensitive = match (case_insensitive, &opened) {
+        (Some(v), _) => v,
+        (None, Some(t)) => t.probe_case_insensitive().unwrap_or(false),
+        (None, None) => false,
+    };
+    let mut walker = Walker {
+        target: opened,
+        last: None,
     };
     let mut report = ValidationReport::default();
     let mut problems = Problems {
@@ -381,122 +472,103 @@ pub fn validate(
     };
     let mut expected: HashSet<u128> = HashSet::new();
     let mut found_beside = 0u64;
-    for_each_entry(client, point, &prefixes, false, |f| {
-        let rel = match local_rel_path(&f.path, f.raw_path.as_deref(), rules) {
-            Ok((rel, _)) => rel,
-            Err(e) => {
-                report.missing += 1;
-                problems.add(&f.path, "missing", &format!("cannot be restored here: {e}"));
-                return Ok(());
-            }
-        };
-        expected.insert(path_key(&rel));
-        let join = |rel: &Path| -> Result<PathBuf, String> {
-            match &root {
-                Some(r) => safe_join(r, rel, false),
-                None => Err("the target folder does not exist".into()),
-            }
-        };
-        match f.kind {
-            FileKind::Directory => match join(&rel).map(|p| fs::symlink_metadata(&p)) {
-                Ok(Ok(m)) if m.is_dir() => {}
-                Ok(Ok(_)) => {
-                    report.mismatches += 1;
-                    problems.add(&f.path, "mismatch", "not a folder");
-                }
-                Ok(Err(e)) => {
-                    report.missing += 1;
-                    problems.add(&f.path, "missing", &e.to_string());
-                }
-                Err(e) => {
-                    report.missing += 1;
-                    problems.add(&f.path, "missing", &e);
-                }
-            },
-            FileKind::Symlink => {
-                report.files_checked += 1;
-                progress.files.fetch_add(1, Ordering::Relaxed);
-                let want = f.symlink_target.clone().unwrap_or_default();
-                match join(&rel).map(|p| fs::read_link(&p)) {
-                    Ok(Ok(t)) if t.as_os_str() == want.as_str() => {}
-                    Ok(Ok(t)) => {
-                        report.mismatches += 1;
-                        problems.add(
-                            &f.path,
-                            "mismatch",
-                            &format!("symlink to {} instead of {want}", t.display()),
-                        );
-                    }
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {
-                        report.missing += 1;
-                        problems.add(&f.path, "missing", "not found");
-                    }
-                    Ok(Err(e)) => {
-                        report.mismatches += 1;
-                        problems.add(&f.path, "mismatch", &format!("not a symlink: {e}"));
-                    }
+    for prefix in &prefixes {
+        // A fresh placement per prefix, as the restore makes one per prefix.
+        let mut placement = Placement::new(rules, case_insensitive, EntryMacKey::derive(key))
+            .map_err(|e| RecoveryError::Other(e.to_string()))?;
+        let mut after: Option<String> = None;
+        loop {
+            let (files, more) = source.files_page(point, prefix, after.as_deref(), 1000, false)?;
+            after = files.last().map(|f| f.path.clone());
+            for f in files {
+                let rel = match placement.place(&f) {
+                    Ok(p) => p.rel,
                     Err(e) => {
                         report.missing += 1;
-                        problems.add(&f.path, "missing", &e);
+                        let detail = match e {
+                            PlaceError::Refused { .. } => e.to_string(),
+                            e => format!("cannot be restored here: {e}"),
+                        };
+                        problems.add(&f.path, "missing", &detail);
+                        continue;
                     }
-                }
-            }
-            FileKind::File => {
-                let alt = beside(&rel);
-                expected.insert(path_key(&alt));
-                report.files_checked += 1;
-                progress.files.fetch_add(1, Ordering::Relaxed);
-                let primary = match join(&rel) {
-                    Ok(p) => check_file(&p, &f, key, progress),
-                    Err(e) => Check::Missing(e),
                 };
-                let outcome = match primary {
-                    Check::Ok(n) => Check::Ok(n),
-                    // The restore keeps a different local file and writes beside it.
-                    first => match join(&alt).map(|p| check_file(&p, &f, key, progress)) {
-                        Ok(Check::Ok(n)) => {
-                            found_beside += 1;
-                            Check::Ok(n)
-                        }
-                        Ok(Check::Mismatch(m)) => {
-                            Check::Mismatch(format!("{BESIDE_SUFFIX} copy: {m}"))
-                        }
-                        _ => first,
+                expected.insert(path_key(&rel));
+                if f.kind != FileKind::Directory {
+                    report.files_checked += 1;
+                    progress.files.fetch_add(1, Ordering::Relaxed);
+                }
+                let check = match f.kind {
+                    FileKind::Directory => match walker.folder(&rel, &rel) {
+                        Ok(_) => Check::Ok(0),
+                        Err(c) => c,
                     },
+                    FileKind::Symlink => check_symlink(&mut walker, &rel, &f),
+                    FileKind::Fifo | FileKind::File => {
+                        let alt = beside(&rel);
+                        expected.insert(path_key(&alt));
+                        match walker.parent_of(&rel) {
+                            Err(c) => c,
+                            Ok((dir, name)) => {
+                                let alt_name = alt.file_name().unwrap_or_default().to_os_string();
+                                let (first, second) = if f.kind == FileKind::Fifo {
+                                    (check_fifo(dir, name), check_fifo(dir, &alt_name))
+                                } else {
+                                    match check_file(dir, name, &f, key, progress) {
+                                        Check::Ok(n) => {
+                                            (Check::Ok(n), Check::Missing(String::new()))
+                                        }
+                                        first => {
+                                            (first, check_file(dir, &alt_name, &f, key, progress))
+                                        }
+                                    }
+                                };
+                                match (first, second) {
+                                    (Check::Ok(n), _) => Check::Ok(n),
+                                    // The restore keeps a different local entry and writes beside it.
+                                    (_, Check::Ok(n)) => {
+                                        found_beside += 1;
+                                        Check::Ok(n)
+                                    }
+                                    (_, Check::Mismatch(m)) => {
+                                        Check::Mismatch(format!("{BESIDE_SUFFIX} copy: {m}"))
+                                    }
+                                    (first, _) => first,
+                                }
+                            }
+                        }
+                    }
                 };
-                match outcome {
-                    Check::Ok(n) => report.bytes_checked += n,
-                    Check::Missing(m) => {
-                        report.missing += 1;
-                        problems.add(&f.path, "missing", &m);
-                    }
-                    Check::Mismatch(m) => {
-                        report.mismatches += 1;
-                        problems.add(&f.path, "mismatch", &m);
-                    }
-                }
+                problems.count(&mut report, &f.path, check);
+            }
+            if !more || after.is_none() {
+                break;
             }
         }
-        Ok(())
-    })?;
+    }
     // Extra: files (and symlinks) in the target under the prefixes that the point lacks.
     if let Some(root) = &root {
         for prefix in &prefixes {
             let start = if prefix.is_empty() {
                 root.clone()
             } else {
-                match local_rel_path(prefix, None, rules)
-                    .ok()
-                    .and_then(|(rel, _)| safe_join(root, &rel, false).ok())
-                {
-                    Some(p) => p,
-                    None => continue,
+                let Ok((rel, _)) = local_rel_path(prefix, None, rules) else {
+                    continue;
+                };
+                // Never walk through a symlinked parent.
+                let parent = rel.parent().unwrap_or(Path::new(""));
+                if walker.folder(parent, &rel).is_err() {
+                    continue;
                 }
+                root.join(rel)
             };
             if fs::symlink_metadata(&start).is_err() {
                 continue;
             }
-            for e in walkdir::WalkDir::new(&start).follow_links(false) {
+            let walk = walkdir::WalkDir::new(&start)
+                .follow_links(false)
+                .follow_root_links(false);
+            for e in walk {
                 let Ok(e) = e else { continue };
                 if e.file_type().is_dir() {
                     continue;
@@ -521,6 +593,41 @@ pub fn validate(
         "restored_beside": found_beside,
     }));
     Ok(report)
+}
+
+fn check_fifo(dir: &Dir, name: &OsStr) -> Check {
+    match dir.stat(name) {
+        Ok(Some(m)) if m.kind == Kind::Fifo => Check::Ok(0),
+        Ok(Some(_)) => Check::Mismatch("not a named pipe".into()),
+        Ok(None) => Check::Missing("not found".into()),
+        Err(e) => Check::Missing(e.to_string()),
+    }
+}
+
+fn check_symlink(walker: &mut Walker, rel: &Path, f: &FileAtPoint) -> Check {
+    let want = f
+        .symlink_target
+        .as_deref()
+        .map(wire_path_bytes)
+        .unwrap_or_default();
+    let (dir, name) = match walker.parent_of(rel) {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    match dir.stat(name) {
+        Ok(Some(m)) if m.kind == Kind::Symlink => match dir.readlink(name) {
+            Ok(t) if t == want => Check::Ok(0),
+            Ok(t) => Check::Mismatch(format!(
+                "symlink to {} instead of {}",
+                String::from_utf8_lossy(&t),
+                String::from_utf8_lossy(&want)
+            )),
+            Err(e) => Check::Mismatch(format!("cannot read the link: {e}")),
+        },
+        Ok(Some(_)) => Check::Mismatch("not a symlink".into()),
+        Ok(None) => Check::Missing("not found".into()),
+        Err(e) => Check::Missing(e.to_string()),
+    }
 }
 
 // -------------------------------------------------------------------------------------------
@@ -1411,36 +1518,46 @@ mod tests {
             symlink_target: None,
             content_hash: Some(keepsake_common::ids::ContentHash::of(&key, &data)),
             chunks: Vec::new(),
+            link: None,
+            mac: None,
         };
         let prog = ValidateProgress::default();
-        assert!(matches!(check_file(&p, &f, &key, &prog), Check::Ok(n) if n == data.len() as u64));
+        let t = Target::open(dir.path(), false).unwrap();
+        let root = t.root();
+        let name = OsStr::new("f");
+        assert!(
+            matches!(check_file(root, name, &f, &key, &prog), Check::Ok(n) if n == data.len() as u64)
+        );
         let mut bad = data.clone();
         bad[5] ^= 1;
         fs::write(&p, &bad).unwrap();
         assert!(matches!(
-            check_file(&p, &f, &key, &prog),
+            check_file(root, name, &f, &key, &prog),
             Check::Mismatch(_)
         ));
         // Another key gives another hash: the hash is keyed.
         fs::write(&p, &data).unwrap();
         let other = ChunkIdKey([8u8; 32]);
         assert!(matches!(
-            check_file(&p, &f, &other, &prog),
+            check_file(root, name, &f, &other, &prog),
             Check::Mismatch(_)
         ));
         fs::write(&p, b"short").unwrap();
         assert!(
-            matches!(check_file(&p, &f, &key, &prog), Check::Mismatch(m) if m.contains("bytes"))
+            matches!(check_file(root, name, &f, &key, &prog), Check::Mismatch(m) if m.contains("bytes"))
         );
         fs::remove_file(&p).unwrap();
-        assert!(matches!(check_file(&p, &f, &key, &prog), Check::Missing(_)));
+        assert!(matches!(
+            check_file(root, name, &f, &key, &prog),
+            Check::Missing(_)
+        ));
         #[cfg(unix)]
         {
             let real = dir.path().join("real");
             fs::write(&real, &data).unwrap();
             std::os::unix::fs::symlink(&real, &p).unwrap();
             assert!(
-                matches!(check_file(&p, &f, &key, &prog), Check::Mismatch(_)),
+                matches!(check_file(root, name, &f, &key, &prog), Check::Mismatch(_)),
                 "a symlink is not the restored file"
             );
         }

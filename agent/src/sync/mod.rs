@@ -279,6 +279,9 @@ pub struct SyncBackupOptions {
     pub bandwidth_kbps: Option<u32>,
     /// How long requests are retried before the run fails (default: the client's).
     pub retry: Option<RetryPolicy>,
+    /// The organisation's identity, when this machine keeps it: other machines' copies of a
+    /// blob are then checked and adopted instead of uploaded again.
+    pub verifier: Option<Arc<OrgKeys>>,
 }
 
 impl SyncBackupOptions {
@@ -292,6 +295,7 @@ impl SyncBackupOptions {
             tune: None,
             bandwidth_kbps: None,
             retry: None,
+            verifier: None,
         }
     }
 }
@@ -317,12 +321,21 @@ pub struct BackupSummary {
     pub bytes_sent: u64,
     /// Blobs the server already had.
     pub blobs_already_present: u64,
+    /// Other machines' copies this machine checked with its keys and adopted (not uploaded).
+    pub blobs_adopted: u64,
     /// Packs uploaded.
     pub packs: u64,
     /// Duration.
     pub elapsed: Duration,
     /// Attempts (more than one when the server lacked blobs the catalog believed it had).
     pub attempts: u32,
+    /// Named pipes recorded.
+    pub fifos: u64,
+    /// Entries not backed up because of their kind (sockets, devices, other file systems), each
+    /// with its reason (the first of them; all are counted in `skipped_count`).
+    pub skipped: Vec<crate::scan::SkippedEntry>,
+    /// How many entries were skipped.
+    pub skipped_count: u64,
     /// The last run's report.
     #[serde(skip)]
     pub report: Option<BackupReport>,
@@ -358,9 +371,13 @@ pub fn backup(
         bytes_new: 0,
         bytes_sent: 0,
         blobs_already_present: 0,
+        blobs_adopted: 0,
         packs: 0,
         elapsed: Duration::ZERO,
         attempts: 0,
+        fifos: 0,
+        skipped: Vec::new(),
+        skipped_count: 0,
         report: None,
     };
     loop {
@@ -432,7 +449,10 @@ fn run_once(
     }
     let sink = Arc::new(
         UploadSink::new(client.clone(), catalog_path, opts.pack_bytes)
-            .map(|s| s.with_rate_limit(opts.bandwidth_kbps.map(|k| u64::from(k) * 1000 / 8)))
+            .map(|s| {
+                s.with_rate_limit(opts.bandwidth_kbps.map(|k| u64::from(k) * 1000 / 8))
+                    .with_verifier(opts.verifier.clone())
+            })
             .map_err(|e| SyncError::Other(e.to_string()))?,
     );
     let report = backup_to_sink(
@@ -450,10 +470,14 @@ fn run_once(
     summary.files_backed_up = report.files_backed_up;
     summary.files_failed = report.files_failed;
     summary.files_deferred = report.files_deferred;
+    summary.fifos = report.plan.totals.scan.fifos;
+    summary.skipped_count = report.plan.totals.scan.skipped;
+    summary.skipped = report.plan.skipped.clone();
     summary.bytes_read += report.bytes_backed_up;
     summary.bytes_new += report.pipeline.cipher_bytes_emitted;
     summary.bytes_sent += stats.bytes_sent.load(Relaxed);
     summary.blobs_already_present += stats.blobs_already_present.load(Relaxed);
+    summary.blobs_adopted += stats.blobs_adopted.load(Relaxed);
     summary.packs += stats.packs.load(Relaxed);
     let source = report
         .source_id
@@ -476,6 +500,7 @@ fn run_once(
                 files_failed: report.files_failed.min(u64::from(u32::MAX)) as u32,
                 bytes_read: report.bytes_backed_up,
                 bytes_sent: summary.bytes_sent,
+                delta_digest: Some(report.delta.digest),
             },
         )?)
     })();

@@ -7,6 +7,13 @@
 //! uploads only those as one framed stream, and records every blob of the batch in the catalog
 //! as held by the server — only after the server has acknowledged, so a crash at any point
 //! re-uploads at most the batches in flight and never trusts a blob that was not stored.
+//!
+//! "Lacks" means: the server holds no copy that this machine uploaded or checked itself. A
+//! blob only another machine uploaded is uploaded again, unless this machine holds the
+//! organisation's identity and the other copy passes its check ([`verify`]): then it is
+//! adopted instead.
+
+pub mod verify;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -18,6 +25,7 @@ use std::thread::JoinHandle;
 use keepsake_common::crypto::SealedBlob;
 use keepsake_common::framing::{FrameHeader, StreamHeader, StreamValidator};
 use keepsake_common::ids::BlobId;
+use keepsake_common::keys::OrgKeys;
 
 use crate::catalog::{BlobRef, Catalog};
 use crate::client::ApiClient;
@@ -35,6 +43,8 @@ pub struct UploadStats {
     pub blobs_already_present: AtomicU64,
     /// Blobs uploaded.
     pub blobs_uploaded: AtomicU64,
+    /// Other machines' copies checked with this machine's keys and adopted instead of uploading.
+    pub blobs_adopted: AtomicU64,
     /// Ciphertext bytes uploaded (frames included).
     pub bytes_sent: AtomicU64,
     /// Packs uploaded.
@@ -57,6 +67,7 @@ pub struct UploadSink {
     tx: Mutex<Option<SyncSender<Vec<SealedBlob>>>>,
     uploader: Mutex<Option<JoinHandle<Result<(), String>>>>,
     rate: Arc<std::sync::atomic::AtomicU64>,
+    verifier: Arc<Mutex<Option<Arc<OrgKeys>>>>,
     /// Counters.
     pub stats: Arc<UploadStats>,
 }
@@ -82,13 +93,16 @@ impl UploadSink {
         let st = stats.clone();
         let rate = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let up_rate = rate.clone();
+        let verifier: Arc<Mutex<Option<Arc<OrgKeys>>>> = Arc::new(Mutex::new(None));
+        let up_verifier = verifier.clone();
         let uploader = std::thread::Builder::new()
             .name("keepsake-upload".into())
             .spawn(move || {
                 while let Ok(batch) = rx.recv() {
                     let started = std::time::Instant::now();
                     let sent_before = st.bytes_sent.load(Ordering::Relaxed);
-                    upload_batch(&client, &mut record_db, batch, &st)?;
+                    let keys = lock(&up_verifier).clone();
+                    upload_batch(&client, &mut record_db, batch, &st, keys.as_deref())?;
                     // Bandwidth limit: wait until the batch took as long as the limit allows.
                     let limit = up_rate.load(Ordering::Relaxed);
                     if limit > 0 {
@@ -114,8 +128,16 @@ impl UploadSink {
             tx: Mutex::new(Some(tx)),
             uploader: Mutex::new(Some(uploader)),
             rate,
+            verifier,
             stats,
         })
+    }
+
+    /// With the organisation's identity, other machines' copies are checked and adopted instead
+    /// of uploading this machine's own (see [`verify`]).
+    pub fn with_verifier(self, keys: Option<Arc<OrgKeys>>) -> UploadSink {
+        *lock(&self.verifier) = keys;
+        self
     }
 
     /// Limits uploads to `bytes_per_sec` on average (smaller packs, paced).
@@ -209,12 +231,14 @@ impl Drop for UploadSink {
     }
 }
 
-/// Uploads what the server lacks of `batch`, then records the whole batch as server-held.
+/// Uploads what the server lacks of `batch` (after adopting other machines' copies that
+/// `verifier` checks), then records the whole batch as server-held.
 fn upload_batch(
     client: &ApiClient,
     catalog: &mut Catalog,
     batch: Vec<SealedBlob>,
     stats: &UploadStats,
+    verifier: Option<&OrgKeys>,
 ) -> Result<(), String> {
     let ids: Vec<BlobId> = batch.iter().map(|b| b.id).collect();
     let refs: Vec<BlobRef> = batch
@@ -224,11 +248,28 @@ fn upload_batch(
             len: u64::from(b.plain_len),
         })
         .collect();
-    let missing: HashSet<BlobId> = client
-        .missing(&ids)
-        .map_err(|e| format!("asking the server which blobs it lacks: {e}"))?
-        .into_iter()
-        .collect();
+    let (missing, foreign) = client
+        .missing_detail(&ids)
+        .map_err(|e| format!("asking the server which blobs it lacks: {e}"))?;
+    let mut missing: HashSet<BlobId> = missing.into_iter().collect();
+    if let (Some(keys), false) = (verifier, foreign.is_empty()) {
+        let checked = verify::verify_copies(client, keys, &foreign);
+        if !checked.is_empty() {
+            match client.adopt(&checked) {
+                Ok(_) => {
+                    for c in &checked {
+                        missing.remove(&c.id);
+                    }
+                    stats
+                        .blobs_adopted
+                        .fetch_add(checked.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not adopt checked copies; uploading ours")
+                }
+            }
+        }
+    }
     stats
         .blobs_already_present
         .fetch_add((batch.len() - missing.len()) as u64, Ordering::Relaxed);

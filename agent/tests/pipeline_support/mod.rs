@@ -104,6 +104,8 @@ pub struct Restored {
     pub dirs: Vec<Vec<u8>>,
     /// Symlinks: raw path → raw target.
     pub links: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Named pipes (raw paths).
+    pub fifos: Vec<Vec<u8>>,
     /// Deleted paths.
     pub deleted: Vec<Vec<u8>>,
     /// Mode and mtime of each upsert.
@@ -120,8 +122,14 @@ pub fn restore(
     let mut out = Restored::default();
     for part in parts {
         let r = DeltaReader::new(BufReader::new(fs::File::open(part).unwrap())).unwrap();
+        let mac_key = keepsake_common::mac::EntryMacKey::derive(&keys.chunk_id_key);
         for e in r {
             let e = e.unwrap();
+            // Every entry but a deletion is sealed with the organisation's entry MAC.
+            if let Some(facts) = e.facts() {
+                let mac = e.mac().expect("sealed");
+                assert!(mac_key.verify(&facts, mac), "MAC of {}", e.path());
+            }
             let raw = |path: &str, raw: &Option<Vec<u8>>| {
                 let bytes = wire_path_bytes(path);
                 if let Some(r) = raw {
@@ -138,6 +146,7 @@ pub fn restore(
                     mode,
                     content_hash,
                     chunks,
+                    ..
                 } => {
                     let mut data = Vec::with_capacity(size as usize);
                     for c in &chunks {
@@ -155,6 +164,7 @@ pub fn restore(
                     out.files.insert(p, data);
                 }
                 Entry::Dir { path, raw_path, .. } => out.dirs.push(raw(&path, &raw_path)),
+                Entry::Fifo { path, raw_path, .. } => out.fifos.push(raw(&path, &raw_path)),
                 Entry::Symlink {
                     path,
                     raw_path,

@@ -15,7 +15,7 @@ const LOCK_KEY: i64 = 0x6b65_6570_7361_6b65 & 0x7fff_ffff_ffff_ffff;
 pub enum MigrateError {
     #[error("database error: {0}")]
     Db(#[from] tokio_postgres::Error),
-    #[error("migration {name} failed: {source}")]
+    #[error("migration {name} failed: {}", crate::db::describe(.source))]
     Apply {
         name: String,
         #[source]

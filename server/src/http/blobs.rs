@@ -1,4 +1,5 @@
-//! Blobs: which are missing, pack uploads, and reads for restores.
+//! Blobs: which are missing, pack uploads, adoptions, and reads for restores. Handlers only; the
+//! SQL is in `crate::packs`.
 
 use std::collections::HashMap;
 
@@ -9,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::TryStreamExt;
 use keepsake_common::api::{
-    MissingRequest, MissingResponse, PackStored, ReadBlobsRequest, MAX_MISSING_QUERY,
-    MAX_PACK_BODY, MAX_READ_BLOBS,
+    AdoptRequest, AdoptResponse, MissingRequest, MissingResponse, PackStored, ReadBlobsRequest,
+    MAX_ADOPT, MAX_MISSING_QUERY, MAX_PACK_BODY, MAX_READ_BLOBS,
 };
 use tokio_util::io::StreamReader;
 use uuid::Uuid;
@@ -20,9 +21,10 @@ use crate::auth::Principal;
 use crate::db::Actor;
 use crate::packs::{self, PackError};
 
-/// `POST /v1/blobs/missing`: the IDs of the request the organisation does not hold. Those it does
-/// hold are protected from garbage collection for the grace period, so a commit that relies on
-/// them cannot lose them to a concurrent prune.
+/// `POST /v1/blobs/missing`: the IDs of the request the calling machine holds no trusted copy
+/// of (see `crate::packs`), and which of those other machines uploaded. Those it does hold are
+/// protected from garbage collection for the grace period, so a commit that relies on them
+/// cannot lose them to a concurrent prune.
 pub async fn missing(
     State(state): State<AppState>,
     p: Principal,
@@ -34,33 +36,45 @@ pub async fn missing(
         )));
     }
     let grace = state.inner.settings.protect_grace;
-    let raw: Vec<&[u8]> = req.ids.iter().map(|i| i.as_bytes().as_slice()).collect();
-    let present: Vec<Vec<u8>> = in_tx!(state, &p.actor(), |tx| {
-        let rows = tx
-            .query("SELECT blob_id FROM blobs WHERE blob_id = ANY($1)", &[&raw])
-            .await?;
-        let present: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
-        if !present.is_empty() {
-            let secs = format!("{} seconds", grace.as_secs());
-            tx.execute(
-                "SELECT public.protect_blobs($1, $2::text::interval)",
-                &[&present, &secs],
-            )
-            .await?;
-        }
-        Ok(present)
+    let agent = p.agent_id();
+    let (present, foreign) = in_tx!(state, &p.actor(), |tx| {
+        let (trusted, foreign) = packs::trusted(&tx, agent, &req.ids).await?;
+        packs::protect(&tx, &trusted, grace).await?;
+        Ok((trusted, foreign))
     });
-    let present: std::collections::HashSet<Vec<u8>> = present.into_iter().collect();
+    let present: std::collections::HashSet<_> = present.into_iter().collect();
     let missing = req
         .ids
         .iter()
-        .filter(|i| !present.contains(i.as_bytes().as_slice()))
+        .filter(|i| !present.contains(*i))
         .copied()
         .collect();
     Ok(Json(MissingResponse {
         missing,
         protected_seconds: grace.as_secs(),
+        foreign,
     }))
+}
+
+/// `POST /v1/blobs/adopt`: copies the calling machine read back and checked with its keys count
+/// as its own from now on.
+pub async fn adopt(
+    State(state): State<AppState>,
+    p: Principal,
+    Json(req): Json<AdoptRequest>,
+) -> Result<Json<AdoptResponse>, ApiError> {
+    let agent = require_agent(&p)?;
+    if req.copies.len() > MAX_ADOPT {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_ADOPT} copies per request"
+        )));
+    }
+    let copies: Vec<_> = req.copies.iter().map(|c| (c.id, c.cipher_hash)).collect();
+    let org = p.org;
+    let adopted = in_tx!(state, &p.actor(), |tx| {
+        Ok(packs::adopt(&tx, org, agent, &copies).await?)
+    });
+    Ok(Json(AdoptResponse { adopted }))
 }
 
 /// `POST /v1/packs`: a framed blob stream, stored as one pack on the primary destination.
@@ -106,14 +120,15 @@ pub async fn read_blobs(
             "ask for 1 to {MAX_READ_BLOBS} blobs per request"
         )));
     }
+    let agent = p.agent_id();
     let located = in_tx!(state, &p.actor(), |tx| {
-        Ok(packs::locate(&tx, &req.ids).await?)
+        Ok(packs::locate(&tx, agent, &req.ids, &req.avoid).await?)
     });
     let locations = match located {
         Ok(l) => l,
         Err(missing) => {
             let body = serde_json::json!({
-                "error": format!("{} blob(s) are not stored", missing.len()),
+                "error": format!("{} blob(s) have no stored copy left to send", missing.len()),
                 "code": "blobs_missing",
                 "missing": missing,
             });
@@ -122,29 +137,19 @@ pub async fn read_blobs(
     };
     // Destinations are resolved as the system actor: their configuration is not agent-readable.
     let org = p.org;
-    let mut wanted: Vec<Uuid> = locations.iter().map(|l| l.destination_id).collect();
+    let mut wanted: Vec<Uuid> = locations
+        .iter()
+        .flat_map(|l| l.copies.iter().map(|c| c.destination_id))
+        .collect();
     wanted.sort();
     wanted.dedup();
     let rows = in_tx!(state, &Actor::System { org }, |tx| {
-        Ok(tx
-            .query(
-                "SELECT id, name, connection_config FROM backup_destinations WHERE id = ANY($1)",
-                &[&wanted],
-            )
-            .await?)
+        Ok(crate::destinations::configs(&tx, &wanted).await?)
     });
     let mut dests = HashMap::new();
-    for r in rows {
-        let id: Uuid = r.get(0);
-        dests.insert(id, state.destination(id, r.get(1), r.get(2))?);
+    for (id, name, config) in rows {
+        dests.insert(id, state.destination(id, name, config)?);
     }
-    let mut with_dest = Vec::with_capacity(locations.len());
-    for loc in locations {
-        let d = dests.get(&loc.destination_id).cloned().ok_or_else(|| {
-            ApiError::internal(format!("destination {} not found", loc.destination_id))
-        })?;
-        with_dest.push((loc, d));
-    }
-    let body = Body::from_stream(packs::stream_blobs(with_dest));
+    let body = Body::from_stream(packs::stream_blobs(locations, dests));
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }

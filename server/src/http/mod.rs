@@ -183,6 +183,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/keys", get(keys::get_keys).post(keys::register_key))
         .route("/v1/blobs/missing", post(blobs::missing))
+        .route("/v1/blobs/adopt", post(blobs::adopt))
         .route(
             "/v1/packs",
             post(blobs::upload_pack).layer(DefaultBodyLimit::max(MAX_PACK_BODY as usize)),

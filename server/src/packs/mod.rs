@@ -3,8 +3,16 @@
 //! An upload body (a framed blob stream, `keepsake_common::framing`) is verified blob by blob as
 //! it streams — announced length, BLAKE3 of the ciphertext, trailer — and written unchanged as the
 //! pack object, so a pack is self-describing. Only when the object is complete and durable is the
-//! index (pack row and blob rows) written, in one transaction. A body that fails any check leaves
-//! nothing behind: the write is aborted and no row is written.
+//! index (pack row, blob rows, one copy per blob) written, in one transaction. A body that fails
+//! any check leaves nothing behind: the write is aborted and no row is written. A crash between
+//! the object write and the index leaves an unindexed object (garbage for the collector, never a
+//! dangling index row).
+//!
+//! Copies and trust: the server cannot check that a ciphertext holds the chunk its ID names, so a
+//! blob may be stored once per uploading machine, and a machine trusts only the copies it uploaded
+//! or adopted (read back and checked with its keys). A pack that adds no copy for its uploader is
+//! deleted instead of kept twice. Reads try the reader's own copies first and refuse any copy
+//! whose stored bytes no longer match their hash.
 
 use std::ops::Range;
 
@@ -169,6 +177,64 @@ pub async fn ingest<R: AsyncRead + Unpin>(
     // The object becomes visible (and, for local folders, durable) here, before it is indexed.
     writer.finish().await?;
 
+    let digest = pack_hash.finalize();
+    let indexed = index_pack(
+        db,
+        org,
+        agent,
+        pack_id,
+        destination_id,
+        &key,
+        size,
+        digest.as_bytes(),
+        &entries,
+    )
+    .await;
+    match indexed {
+        Ok(0) => {
+            // Every blob of the pack already had a copy this machine trusts: keep nothing.
+            if let Err(e) = dest.delete(&key).await {
+                tracing::warn!(error = %e, key, "could not delete a pack that added nothing");
+            }
+            Ok(PackStored {
+                pack_id,
+                blobs: entries.len() as u64,
+                new_blobs: 0,
+                bytes: size,
+                kept: false,
+            })
+        }
+        Ok(added) => Ok(PackStored {
+            pack_id,
+            blobs: entries.len() as u64,
+            new_blobs: added,
+            bytes: size,
+            kept: true,
+        }),
+        Err(e) => {
+            // Not indexed: the object is an orphan; remove it (the collector would otherwise).
+            if let Err(d) = dest.delete(&key).await {
+                tracing::warn!(error = %d, key, "could not delete an unindexed pack");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Indexes a stored pack for `agent`: the pack row, the blob rows, and one copy per blob the
+/// machine holds no trusted copy of yet. Returns the copies added; with none, nothing is written.
+#[allow(clippy::too_many_arguments)]
+async fn index_pack(
+    db: &Db,
+    org: Uuid,
+    agent: Uuid,
+    pack_id: Uuid,
+    destination_id: Uuid,
+    key: &str,
+    size: u64,
+    digest: &[u8; 32],
+    entries: &[BlobEntry],
+) -> Result<u64, PackError> {
     let n = entries.len();
     let mut ids: Vec<&[u8]> = Vec::with_capacity(n);
     let mut offsets: Vec<i64> = Vec::with_capacity(n);
@@ -176,7 +242,7 @@ pub async fn ingest<R: AsyncRead + Unpin>(
     let mut plains: Vec<i32> = Vec::with_capacity(n);
     let mut hashes: Vec<&[u8]> = Vec::with_capacity(n);
     let mut codecs: Vec<i16> = Vec::with_capacity(n);
-    for e in &entries {
+    for e in entries {
         ids.push(e.id.as_bytes());
         offsets.push(e.offset as i64);
         lens.push(e.header.cipher_len as i32);
@@ -184,7 +250,6 @@ pub async fn ingest<R: AsyncRead + Unpin>(
         hashes.push(e.header.cipher_hash.as_bytes());
         codecs.push(i16::from(e.header.codec.as_u8()));
     }
-    let digest = pack_hash.finalize();
     let mut client = db.client().await?;
     let tx = db::begin(&mut client, &Actor::Agent { org, agent }).await?;
     tx.execute(
@@ -197,55 +262,159 @@ pub async fn ingest<R: AsyncRead + Unpin>(
             &key,
             &(size as i64),
             &(n as i32),
-            &digest.as_bytes().as_slice(),
+            &digest.as_slice(),
             &agent,
         ],
     )
     .await?;
-    let new_blobs = tx
+    tx.execute(
+        "INSERT INTO blobs (organization_id, blob_id) SELECT $1, id FROM unnest($2::bytea[]) AS u(id) \
+         ON CONFLICT (organization_id, blob_id) DO NOTHING",
+        &[&org, &ids],
+    )
+    .await?;
+    let added = tx
         .execute(
-            "INSERT INTO blobs (organization_id, blob_id, pack_id, pack_offset, cipher_length, plain_length, cipher_hash, codec) \
-             SELECT $1, id, $2, off, clen, plen, h, c \
-             FROM unnest($3::bytea[], $4::bigint[], $5::int[], $6::int[], $7::bytea[], $8::smallint[]) AS u(id, off, clen, plen, h, c) \
-             ON CONFLICT (organization_id, blob_id) DO NOTHING",
-            &[&org, &pack_id, &ids, &offsets, &lens, &plains, &hashes, &codecs],
+            "INSERT INTO blob_copies (organization_id, blob_id, pack_id, pack_offset, cipher_length, plain_length, \
+                 cipher_hash, codec, uploaded_by_agent_id) \
+             SELECT DISTINCT ON (id) $1, id, $2, off, clen, plen, h, c, $9 \
+             FROM unnest($3::bytea[], $4::bigint[], $5::int[], $6::int[], $7::bytea[], $8::smallint[]) \
+                 AS u(id, off, clen, plen, h, c) \
+             WHERE NOT EXISTS (SELECT 1 FROM blob_copies bc WHERE bc.organization_id = $1 AND bc.blob_id = u.id \
+                                AND bc.uploaded_by_agent_id = $9) \
+               AND NOT EXISTS (SELECT 1 FROM blob_adoptions a WHERE a.organization_id = $1 AND a.agent_id = $9 \
+                                AND a.blob_id = u.id) \
+             ORDER BY id, off \
+             ON CONFLICT DO NOTHING",
+            &[&org, &pack_id, &ids, &offsets, &lens, &plains, &hashes, &codecs, &agent],
         )
         .await?;
+    if added == 0 {
+        // Dropped without committing: no pack row, no blob rows.
+        return Ok(0);
+    }
     tx.commit().await?;
-    Ok(PackStored {
-        pack_id,
-        blobs: n as u64,
-        new_blobs,
-        bytes: size,
-    })
+    Ok(added)
 }
 
-/// Where one blob lives.
+/// Which of `ids` `agent` holds a trusted copy of (one it uploaded or adopted). For each ID not
+/// trusted, whether any copy exists (uploaded by another machine).
+pub async fn trusted(
+    tx: &tokio_postgres::Transaction<'_>,
+    agent: Option<Uuid>,
+    ids: &[BlobId],
+) -> Result<(Vec<BlobId>, Vec<BlobId>), DbError> {
+    let raw: Vec<&[u8]> = ids.iter().map(|i| i.as_bytes().as_slice()).collect();
+    let rows = tx
+        .query(
+            "SELECT c.blob_id, bool_or(c.uploaded_by_agent_id = $2 \
+                       OR EXISTS (SELECT 1 FROM blob_adoptions a WHERE a.organization_id = c.organization_id \
+                                  AND a.agent_id = $2 AND a.blob_id = c.blob_id AND a.pack_id = c.pack_id)) \
+             FROM blob_copies c WHERE c.blob_id = ANY($1) GROUP BY c.blob_id",
+            &[&raw, &agent],
+        )
+        .await?;
+    let mut trusted = Vec::new();
+    let mut foreign = Vec::new();
+    for r in rows {
+        let Ok(id) = <[u8; 32]>::try_from(r.get::<_, Vec<u8>>(0)) else {
+            continue;
+        };
+        // A user (no machine) trusts any copy: users do not upload.
+        if agent.is_none() || r.get::<_, Option<bool>>(1).unwrap_or(false) {
+            trusted.push(BlobId(id));
+        } else {
+            foreign.push(BlobId(id));
+        }
+    }
+    Ok((trusted, foreign))
+}
+
+/// Protects `ids` from garbage collection for `grace` (blobs an agent was told it holds).
+pub async fn protect(
+    tx: &tokio_postgres::Transaction<'_>,
+    ids: &[BlobId],
+    grace: std::time::Duration,
+) -> Result<(), DbError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let raw: Vec<&[u8]> = ids.iter().map(|i| i.as_bytes().as_slice()).collect();
+    let secs = format!("{} seconds", grace.as_secs());
+    tx.execute(
+        "SELECT public.protect_blobs($1, $2::text::interval)",
+        &[&raw, &secs],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records that `agent` read back and checked the copies named by (blob ID, ciphertext hash).
+/// Returns how many adoptions were new (copies the machine uploaded itself are not counted).
+pub async fn adopt(
+    tx: &tokio_postgres::Transaction<'_>,
+    org: Uuid,
+    agent: Uuid,
+    copies: &[(BlobId, CipherHash)],
+) -> Result<u64, DbError> {
+    let ids: Vec<&[u8]> = copies.iter().map(|c| c.0.as_bytes().as_slice()).collect();
+    let hashes: Vec<&[u8]> = copies.iter().map(|c| c.1.as_bytes().as_slice()).collect();
+    Ok(tx
+        .execute(
+            "INSERT INTO blob_adoptions (organization_id, agent_id, blob_id, pack_id) \
+             SELECT DISTINCT $1::uuid, $2::uuid, bc.blob_id, bc.pack_id \
+             FROM unnest($3::bytea[], $4::bytea[]) AS u(id, h) \
+             JOIN blob_copies bc ON bc.organization_id = $1 AND bc.blob_id = u.id AND bc.cipher_hash = u.h \
+             WHERE bc.uploaded_by_agent_id IS DISTINCT FROM $2 \
+             ON CONFLICT DO NOTHING",
+            &[&org, &agent, &ids, &hashes],
+        )
+        .await?)
+}
+
+/// One stored copy of a blob.
 #[derive(Debug, Clone)]
-pub struct BlobLocation {
+pub struct CopyLocation {
     pub header: FrameHeader,
     pub destination_id: Uuid,
     pub object_key: String,
     pub range: Range<u64>,
 }
 
-/// Looks up the locations of `ids` (in request order). Returns the IDs that are not in the index
-/// as the error value.
+/// Where one blob lives: its copies, best first.
+#[derive(Debug, Clone)]
+pub struct BlobLocation {
+    pub blob_id: BlobId,
+    pub copies: Vec<CopyLocation>,
+}
+
+/// Looks up the copies of `ids` (in request order), leaving out copies whose ciphertext hash is in
+/// `avoid`. Copies the reading machine uploaded come first, then those it adopted, then the
+/// others, oldest first. Returns the IDs without any copy as the error value.
 pub async fn locate(
     tx: &tokio_postgres::Transaction<'_>,
+    agent: Option<Uuid>,
     ids: &[BlobId],
+    avoid: &[CipherHash],
 ) -> Result<Result<Vec<BlobLocation>, Vec<BlobId>>, DbError> {
     let raw: Vec<&[u8]> = ids.iter().map(|i| i.as_bytes().as_slice()).collect();
+    let avoid: Vec<&[u8]> = avoid.iter().map(|h| h.as_bytes().as_slice()).collect();
     let rows = tx
         .query(
-            "SELECT b.blob_id, b.pack_offset, b.cipher_length, b.plain_length, b.cipher_hash, b.codec, \
+            "SELECT c.blob_id, c.pack_offset, c.cipher_length, c.plain_length, c.cipher_hash, c.codec, \
                     p.destination_id, p.object_key \
-             FROM blobs b JOIN packs p ON p.id = b.pack_id \
-             WHERE b.blob_id = ANY($1)",
-            &[&raw],
+             FROM blob_copies c JOIN packs p ON p.id = c.pack_id \
+             WHERE c.blob_id = ANY($1) AND NOT (c.cipher_hash = ANY($2)) AND p.state = 'live' \
+             ORDER BY c.blob_id, \
+                      (c.uploaded_by_agent_id IS NOT DISTINCT FROM $3) DESC, \
+                      EXISTS (SELECT 1 FROM blob_adoptions a WHERE a.organization_id = c.organization_id \
+                              AND a.agent_id = $3 AND a.blob_id = c.blob_id AND a.pack_id = c.pack_id) DESC, \
+                      c.created_at, c.pack_id",
+            &[&raw, &avoid, &agent],
         )
         .await?;
-    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    let mut found: std::collections::HashMap<[u8; 32], Vec<CopyLocation>> =
+        std::collections::HashMap::with_capacity(rows.len());
     for r in rows {
         let id: Vec<u8> = r.get(0);
         let hash: Vec<u8> = r.get(4);
@@ -255,21 +424,18 @@ pub async fn locate(
         let off: i64 = r.get(1);
         let clen: i32 = r.get(2);
         let codec = Codec::from_u8(r.get::<_, i16>(5) as u8).unwrap_or(Codec::Raw);
-        found.insert(
-            id,
-            BlobLocation {
-                header: FrameHeader {
-                    blob_id: BlobId(id),
-                    cipher_hash: CipherHash(hash),
-                    cipher_len: clen as u32,
-                    plain_len: r.get::<_, i32>(3) as u32,
-                    codec,
-                },
-                destination_id: r.get(6),
-                object_key: r.get(7),
-                range: off as u64..off as u64 + clen as u64,
+        found.entry(id).or_default().push(CopyLocation {
+            header: FrameHeader {
+                blob_id: BlobId(id),
+                cipher_hash: CipherHash(hash),
+                cipher_len: clen as u32,
+                plain_len: r.get::<_, i32>(3) as u32,
+                codec,
             },
-        );
+            destination_id: r.get(6),
+            object_key: r.get(7),
+            range: off as u64..off as u64 + clen as u64,
+        });
     }
     let missing: Vec<BlobId> = ids
         .iter()
@@ -281,49 +447,88 @@ pub async fn locate(
     }
     Ok(Ok(ids
         .iter()
-        .filter_map(|i| found.get(i.as_bytes()).cloned())
+        .filter_map(|i| {
+            found.get(i.as_bytes()).map(|copies| BlobLocation {
+                blob_id: *i,
+                copies: copies.clone(),
+            })
+        })
         .collect()))
 }
 
-/// Streams the blobs at `locations` as a framed blob stream (ranged reads, several in flight).
-/// A blob whose stored bytes no longer match their hash is sent as stored and logged: the reader
-/// detects it and fails that file only.
-pub fn stream_blobs(
-    locations: Vec<(BlobLocation, Destination)>,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    let mut validator = StreamValidator::default();
-    for (loc, _) in &locations {
-        // Limits are the defaults (far above any read request); observe cannot fail here.
-        let _ = validator.observe(&loc.header);
+/// Reads the first copy of `loc` whose stored bytes match their ciphertext hash. A copy that
+/// does not match (bit rot, tampering) is refused and logged, and the next copy is tried.
+async fn read_intact(
+    loc: &BlobLocation,
+    dests: &std::collections::HashMap<Uuid, Destination>,
+) -> Result<(FrameHeader, Bytes), std::io::Error> {
+    let mut last = String::from("no copy");
+    for copy in &loc.copies {
+        let Some(dest) = dests.get(&copy.destination_id) else {
+            last = format!("destination {} unknown", copy.destination_id);
+            continue;
+        };
+        match dest.get_range(&copy.object_key, copy.range.clone()).await {
+            Ok(data)
+                if data.len() == copy.header.cipher_len as usize
+                    && CipherHash::of(&data) == copy.header.cipher_hash =>
+            {
+                return Ok((copy.header, data));
+            }
+            Ok(_) => {
+                tracing::error!(
+                    blob = %loc.blob_id,
+                    pack = %copy.object_key,
+                    "stored copy does not match its hash (bit rot or tampering): refused"
+                );
+                last = format!("the copy in {} is damaged", copy.object_key);
+            }
+            Err(e) => {
+                tracing::warn!(blob = %loc.blob_id, pack = %copy.object_key, error = %e, "cannot read a copy");
+                last = e.to_string();
+            }
+        }
     }
-    let trailer = validator.trailer().encode();
+    Err(std::io::Error::other(format!(
+        "no intact copy of blob {} ({last})",
+        loc.blob_id
+    )))
+}
+
+/// Streams the blobs at `locations` as a framed blob stream (ranged reads, several in flight),
+/// each from its first intact copy. When no copy of a blob is intact the stream ends with an
+/// error (the reader sees a cut stream and fails that file); damaged data is never sent.
+pub fn stream_blobs(
+    locations: Vec<BlobLocation>,
+    dests: std::collections::HashMap<Uuid, Destination>,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let dests = std::sync::Arc::new(dests);
+    let validator = std::sync::Arc::new(std::sync::Mutex::new(StreamValidator::default()));
     let head =
         stream::once(async { Ok(Bytes::copy_from_slice(&StreamHeader::default().encode())) });
+    let v = validator.clone();
     let frames = stream::iter(locations)
-        .map(|(loc, dest)| async move {
-            let data = dest
-                .get_range(&loc.object_key, loc.range.clone())
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            if data.len() != loc.header.cipher_len as usize {
-                return Err(std::io::Error::other(format!(
-                    "pack {} is shorter than the index says",
-                    loc.object_key
-                )));
-            }
-            if CipherHash::of(&data) != loc.header.cipher_hash {
-                tracing::error!(
-                    blob = %loc.header.blob_id,
-                    pack = %loc.object_key,
-                    "stored blob does not match its hash (bit rot or tampering)"
-                );
-            }
+        .map(move |loc| {
+            let dests = dests.clone();
+            async move { read_intact(&loc, &dests).await }
+        })
+        .buffered(8)
+        .map(move |r| {
+            let (header, data) = r?;
+            // Limits are the defaults (far above any read request); observe cannot fail here.
+            let _ = v.lock().unwrap_or_else(|p| p.into_inner()).observe(&header);
             let mut out = Vec::with_capacity(FRAME_HEADER_LEN + data.len());
-            out.extend_from_slice(&loc.header.encode());
+            out.extend_from_slice(&header.encode());
             out.extend_from_slice(&data);
             Ok(Bytes::from(out))
-        })
-        .buffered(8);
-    let tail = stream::once(async move { Ok(Bytes::copy_from_slice(&trailer)) });
+        });
+    let tail = stream::once(async move {
+        let trailer = validator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .trailer()
+            .encode();
+        Ok(Bytes::copy_from_slice(&trailer))
+    });
     head.chain(frames).chain(tail)
 }

@@ -1044,6 +1044,21 @@ pub async fn finish(
         .await?
         .ok_or_else(|| RecoveryError::Conflict(format!("recovery job {id} is already finished")))?;
     let job = job_info(&row)?;
+    if passed {
+        // A whole recovery point restored and re-read file by file against its content hashes:
+        // that is what `data_integrity_verified` means (commits leave it false). A partial
+        // restore or a drill's sample does not verify the whole point.
+        db::set_identity(tx, &Actor::System { org }).await?;
+        tx.execute(
+            "UPDATE recovery_points rp SET data_integrity_verified = true \
+             FROM recovery_jobs j \
+             WHERE j.id = $1 AND rp.id = j.recovery_point_id AND cardinality(j.path_prefixes) = 0 \
+               AND NOT rp.data_integrity_verified",
+            &[&id],
+        )
+        .await?;
+        db::set_identity(tx, &Actor::Agent { org, agent }).await?;
+    }
     let message = match &error {
         None => format!(
             "completed: {} files, {} bytes restored and verified",

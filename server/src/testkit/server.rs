@@ -30,6 +30,18 @@ impl TestServer {
         storage: Option<DestinationConfig>,
         platform_token: Option<&str>,
     ) -> TestServer {
+        TestServer::start_configured(|config| {
+            if let Some(s) = storage {
+                config.storage = s;
+            }
+            config.platform_token = platform_token.map(crate::destinations::Secret::new);
+        })
+        .await
+    }
+
+    /// Starts a server whose configuration `tune` adjusts (after the database and the local
+    /// storage folder are set).
+    pub async fn start_configured(tune: impl FnOnce(&mut Config)) -> TestServer {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(
@@ -44,10 +56,7 @@ impl TestServer {
         let db = test_db().await;
         let mut config = Config::for_data_dir(dir.path().to_path_buf());
         config.database = Database::Url(db.url());
-        if let Some(s) = storage {
-            config.storage = s;
-        }
-        config.platform_token = platform_token.map(crate::destinations::Secret::new);
+        tune(&mut config);
         let server = app::start(config, std::future::pending())
             .await
             .unwrap_or_else(|e| panic!("test server failed to start: {e}"));
