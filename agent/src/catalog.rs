@@ -73,13 +73,17 @@ pub struct Migration {
     pub name: &'static str,
     /// SQL run in one transaction.
     pub sql: &'static str,
+    /// Run with foreign-key enforcement off (SQLite's recipe for rebuilding a table that others
+    /// reference: dropping it would otherwise cascade); the keys are checked before the commit.
+    pub foreign_keys_off: bool,
 }
 
 /// The catalog's migrations, applied in order on open.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: r#"
 CREATE TABLE sources (
     id                        INTEGER PRIMARY KEY,
     root                      BLOB NOT NULL UNIQUE,
@@ -178,7 +182,41 @@ CREATE TABLE scan_missing (
     PRIMARY KEY (scan_id, path)
 ) WITHOUT ROWID;
 "#,
-}];
+        foreign_keys_off: false,
+    },
+    // Named pipes are recorded (kind 3). SQLite cannot change a CHECK constraint in place, so
+    // the table is rebuilt with its rows.
+    Migration {
+        version: 2,
+        name: "named pipes",
+        sql: r#"
+CREATE TABLE files_v2 (
+    source_id          INTEGER NOT NULL REFERENCES sources(id) ON DELETE CASCADE,
+    path               BLOB NOT NULL,
+    kind               INTEGER NOT NULL CHECK (kind IN (0, 1, 2, 3)),
+    size               INTEGER NOT NULL,
+    mtime_ns           INTEGER NOT NULL,
+    ctime_ns           INTEGER NOT NULL,
+    inode              INTEGER NOT NULL,
+    device             INTEGER NOT NULL,
+    mode               INTEGER NOT NULL,
+    symlink_target     BLOB,
+    content_hash       BLOB CHECK (content_hash IS NULL OR length(content_hash) = 32),
+    state              TEXT NOT NULL
+                       CHECK (state IN ('pending', 'uploaded', 'committed', 'deleted', 'error')),
+    changed_generation INTEGER NOT NULL,
+    committed_seq      INTEGER,
+    error              TEXT,
+    PRIMARY KEY (source_id, path),
+    CHECK (state NOT IN ('committed', 'deleted') OR committed_seq IS NOT NULL)
+) WITHOUT ROWID;
+INSERT INTO files_v2 SELECT * FROM files;
+DROP TABLE files;
+ALTER TABLE files_v2 RENAME TO files;
+"#,
+        foreign_keys_off: true,
+    },
+];
 
 /// The newest schema version this build knows.
 pub fn latest_schema_version() -> i64 {
@@ -840,6 +878,29 @@ impl Catalog {
             return Ok(());
         }
         for m in migrations {
+            if m.foreign_keys_off {
+                // Has no effect inside a transaction, so it is set before.
+                self.conn.execute_batch("PRAGMA foreign_keys = OFF")?;
+            }
+            let applied = self.apply(m, supported);
+            if m.foreign_keys_off {
+                self.conn.execute_batch("PRAGMA foreign_keys = ON")?;
+            }
+            applied?;
+        }
+        let current = self.schema_version()?;
+        if current > supported {
+            return Err(CatalogError::TooNew {
+                found: current,
+                supported,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies one migration in its own transaction unless it is recorded already.
+    fn apply(&mut self, m: &Migration, supported: i64) -> Result<()> {
+        {
             let tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -855,7 +916,7 @@ impl Catalog {
                 });
             }
             if m.version <= current {
-                continue;
+                return Ok(());
             }
             tracing::info!(
                 version = m.version,
@@ -863,18 +924,23 @@ impl Catalog {
                 "applying catalog migration"
             );
             tx.execute_batch(m.sql)?;
+            if m.foreign_keys_off {
+                let broken: i64 =
+                    tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                        r.get(0)
+                    })?;
+                if broken > 0 {
+                    return Err(CatalogError::Corrupt(format!(
+                        "migration {} left {broken} broken reference(s); not applied",
+                        m.version
+                    )));
+                }
+            }
             tx.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
                 params![m.version, m.name, now_ms()],
             )?;
             tx.commit()?;
-        }
-        let current = self.schema_version()?;
-        if current > supported {
-            return Err(CatalogError::TooNew {
-                found: current,
-                supported,
-            });
         }
         Ok(())
     }

@@ -68,29 +68,81 @@ fn migrations_apply_and_reapply() {
         .unwrap();
     assert_eq!(rows, MIGRATIONS.len() as i64);
     // A later migration is applied once, in order, after the existing ones.
+    let next = latest_schema_version() + 1;
     let mut extended = MIGRATIONS.to_vec();
     extended.push(Migration {
-        version: 2,
+        version: next,
         name: "test-extra",
         sql: "CREATE TABLE extra (x INTEGER);",
+        foreign_keys_off: false,
     });
     c.migrate(&extended).unwrap();
     c.migrate(&extended).unwrap();
-    assert_eq!(c.schema_version().unwrap(), 2);
+    assert_eq!(c.schema_version().unwrap(), next);
     let rows: i64 = c
         .connection()
         .query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(rows, 2);
+    assert_eq!(rows, next);
     drop(c);
     // This build refuses a catalog from the future instead of misreading it.
     match Catalog::open(&path) {
-        Err(CatalogError::TooNew {
-            found: 2,
-            supported: 1,
-        }) => {}
+        Err(CatalogError::TooNew { found, supported })
+            if found == next && supported == latest_schema_version() => {}
         other => panic!("expected TooNew, got {other:?}"),
     }
+}
+
+/// A catalog written before named pipes were recorded keeps every row (and the rows that
+/// reference them) when its `files` table is rebuilt, and then accepts a pipe.
+#[test]
+fn the_named_pipe_migration_keeps_every_row() {
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON;").unwrap();
+        conn.execute_batch(MIGRATIONS[0].sql).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL);
+             INSERT INTO schema_migrations VALUES (1, 'initial', 0);
+             INSERT INTO sources (id, root, root_display, created_at) VALUES (1, x'2f73', '/s', 0);
+             INSERT INTO files (source_id, path, kind, size, mtime_ns, ctime_ns, inode, device, mode, state, changed_generation, committed_seq)
+                 VALUES (1, x'61', 0, 3, 1, 1, 1, 1, 33188, 'committed', 1, 1);
+             INSERT INTO file_blobs VALUES (1, x'61', x'00');
+             INSERT INTO queue (source_id, path, reason, priority, enqueued_at, next_attempt_at) VALUES (1, x'61', 'new', 1, 0, 0);",
+        )
+        .unwrap();
+        assert!(conn
+            .execute(
+                "INSERT INTO files (source_id, path, kind, size, mtime_ns, ctime_ns, inode, device, mode, state, changed_generation)
+                 VALUES (1, x'70', 3, 0, 1, 1, 2, 1, 4516, 'pending', 1)",
+                [],
+            )
+            .is_err());
+    }
+    let c = Catalog::open(&path).unwrap();
+    assert_eq!(c.schema_version().unwrap(), latest_schema_version());
+    let count = |sql: &str| -> i64 { c.connection().query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT count(*) FROM files"), 1);
+    assert_eq!(
+        count("SELECT count(*) FROM file_blobs"),
+        1,
+        "not cascaded away"
+    );
+    assert_eq!(count("SELECT count(*) FROM queue"), 1, "not cascaded away");
+    c.connection()
+        .execute(
+            "INSERT INTO files (source_id, path, kind, size, mtime_ns, ctime_ns, inode, device, mode, state, changed_generation)
+             VALUES (1, x'70', 3, 0, 1, 1, 2, 1, 4516, 'pending', 1)",
+            [],
+        )
+        .unwrap();
+    // References are still enforced after the migration.
+    assert!(c
+        .connection()
+        .execute("INSERT INTO file_blobs VALUES (1, x'7a7a', x'00')", [])
+        .is_err());
 }
 
 #[test]

@@ -182,12 +182,40 @@ impl AgentHome {
             .unwrap_or_else(|e| panic!("keepsake {a:?}: bad JSON ({e}): {out}"))
     }
 
+    /// `keepsake backup DIR --json`: the summary of that folder.
+    pub fn backup(&self, dir: &Path) -> serde_json::Value {
+        let v = self.json(&["backup", dir.to_str().unwrap()]);
+        v[0]["summary"].clone()
+    }
+
+    /// `keepsake restore --point P --to DIR --json <extra>`: its output, whatever the outcome.
+    pub fn restore(&self, point: &str, to: &Path, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "restore",
+            "--point",
+            point,
+            "--to",
+            to.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
     /// Enrols against `server` with `token`.
     pub fn enroll(&self, server: &str, token: &str, name: &str) -> serde_json::Value {
         self.json(&[
             "enroll", "--server", server, "--token", token, "--name", name,
         ])
     }
+}
+
+/// The recovery point a backup summary committed.
+pub fn point_of(summary: &serde_json::Value) -> String {
+    summary["committed"]["recovery_point_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no point in {summary}"))
+        .to_string()
 }
 
 /// Deterministic file contents for tests.

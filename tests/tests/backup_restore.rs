@@ -7,22 +7,8 @@ use std::time::{Duration, Instant};
 
 use keepsake_e2e::*;
 
-fn backup(a: &AgentHome, dir: &Path) -> serde_json::Value {
-    let v = a.json(&["backup", dir.to_str().unwrap()]);
-    v[0]["summary"].clone()
-}
-
 fn restore(a: &AgentHome, point: &str, to: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "restore",
-        "--point",
-        point,
-        "--to",
-        to.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    a.run(&args)
+    a.restore(point, to, extra)
 }
 
 fn assert_same_tree(a: &Path, b: &Path) {
@@ -39,7 +25,7 @@ fn backup_restore_incremental_and_older_points() {
     let shoot = w.dir("shoot");
     write_shoot(&shoot, 1, 6, 3_000_000);
 
-    let s1 = backup(&a, &shoot);
+    let s1 = a.backup(&shoot);
     let c1 = &s1["committed"];
     assert_eq!(c1["seq"], 1, "{s1}");
     assert!(s1["bytes_sent"].as_u64().unwrap() > 20_000_000);
@@ -47,7 +33,7 @@ fn backup_restore_incremental_and_older_points() {
 
     // Unchanged re-run: nothing read, nothing sent, no new point.
     let t = Instant::now();
-    let again = backup(&a, &shoot);
+    let again = a.backup(&shoot);
     assert!(again["committed"].is_null(), "{again}");
     assert_eq!(again["bytes_sent"], 0);
     assert_eq!(again["bytes_read"], 0);
@@ -83,7 +69,7 @@ fn backup_restore_incremental_and_older_points() {
     )
     .unwrap();
     std::fs::remove_file(shoot.join("DCIM/100EOSR5/IMG_0003.JPG")).unwrap();
-    let s2 = backup(&a, &shoot);
+    let s2 = a.backup(&shoot);
     let c2 = &s2["committed"];
     assert_eq!(
         (
@@ -172,10 +158,10 @@ fn machines_rely_only_on_copies_they_uploaded_or_checked_and_never_across_organi
     write_shoot(&a, 5, 4, 2_000_000);
     let b = w.dir("nas-copy");
     write_shoot(&b, 5, 4, 2_000_000);
-    let s1 = backup(&laptop, &a);
+    let s1 = laptop.backup(&a);
     // A backup-only machine cannot check the laptop's ciphertext, so it keeps its own copy: a
     // stolen or broken laptop can never spoil the NAS's backup of the same photos.
-    let s2 = backup(&nas, &b);
+    let s2 = nas.backup(&b);
     // A machine that keeps the organisation's identity checks the copies instead of uploading.
     w.execute(
         "UPDATE organizations SET settings = settings || '{\"agents_keep_unsealed_key\": true}'::jsonb",
@@ -183,8 +169,8 @@ fn machines_rely_only_on_copies_they_uploaded_or_checked_and_never_across_organi
     studio.ok(&["unlock", "--remember"]);
     let c = w.dir("studio-copy");
     write_shoot(&c, 5, 4, 2_000_000);
-    let s3 = backup(&studio, &c);
-    let s4 = backup(&stranger, &b);
+    let s3 = studio.backup(&c);
+    let s4 = stranger.backup(&b);
     let sent = |s: &serde_json::Value| s["bytes_sent"].as_u64().unwrap();
     assert!(
         sent(&s2) > sent(&s1) * 9 / 10,
@@ -253,10 +239,19 @@ fn agent_killed_during_upload_and_at_commit_boundaries_loses_nothing() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_pack(&w.storage(), Duration::from_secs(60));
+    // Killed once a pack is stored and indexed (a pack object can exist a moment before its
+    // index rows commit; the kill must come after some data is really on the server).
+    let start = Instant::now();
+    while w.count("SELECT count(*) FROM blob_copies") == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no pack indexed within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     child.kill().unwrap();
     child.wait().unwrap();
-    let stored_before = w.count("SELECT count(*) FROM blobs");
+    let stored_before = w.count("SELECT count(*) FROM blob_copies");
     assert!(stored_before > 0);
 
     // Crash right before the commit, then right after it (before the catalog records it).
@@ -276,7 +271,7 @@ fn agent_killed_during_upload_and_at_commit_boundaries_loses_nothing() {
     );
 
     // The rerun finishes; blobs the server held were not uploaded again.
-    let s = backup(&a, &shoot);
+    let s = a.backup(&shoot);
     let packs_rerun = s["packs"].as_u64().unwrap();
     assert_eq!(packs_rerun, 0, "nothing left to upload: {s}");
     // Every file is in the latest point, exactly once, and restores byte for byte.
@@ -346,7 +341,7 @@ fn a_flipped_byte_in_a_stored_pack_fails_that_file_only() {
     let a = w.agent("laptop", org["enroll_token"].as_str().unwrap());
     let shoot = w.dir("shoot");
     write_shoot(&shoot, 13, 3, 500_000);
-    let s = backup(&a, &shoot);
+    let s = a.backup(&shoot);
     let p = s["committed"]["recovery_point_id"]
         .as_str()
         .unwrap()

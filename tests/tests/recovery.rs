@@ -11,18 +11,6 @@ use keepsake_agent::recovery::{self, ValidateProgress};
 use keepsake_agent::restore::names::NameRules;
 use keepsake_e2e::*;
 
-fn backup(a: &AgentHome, dir: &Path) -> serde_json::Value {
-    let v = a.json(&["backup", dir.to_str().unwrap()]);
-    v[0]["summary"].clone()
-}
-
-fn point_of(summary: &serde_json::Value) -> String {
-    summary["committed"]["recovery_point_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no point in {summary}"))
-        .to_string()
-}
-
 /// `admin recovery create --org ORG <args>`: the job as JSON.
 fn create_job(w: &World, org: &str, args: &[&str]) -> serde_json::Value {
     let mut a = vec!["recovery", "create", "--org", org];
@@ -110,7 +98,7 @@ fn studio(name: &str, photos: usize, raw_len: usize) -> Studio {
     let laptop = w.agent("laptop", org["enroll_token"].as_str().unwrap());
     let shoot = w.dir("shoot");
     write_shoot(&shoot, 21, photos, raw_len);
-    let s = backup(&laptop, &shoot);
+    let s = laptop.backup(&shoot);
     let point = point_of(&s);
     let points = laptop.json(&["points"]);
     let source = points[0]["source_id"].as_str().unwrap().to_string();
@@ -335,7 +323,7 @@ fn partial_single_file_point_in_time_names_and_drill() {
     for n in ["CON.txt", "what?.jpg", "trailing.", "a:b"] {
         std::fs::write(odd.join(n), format!("content of {n}")).unwrap();
     }
-    let s2 = backup(laptop, &st.shoot);
+    let s2 = laptop.backup(&st.shoot);
     let p2 = point_of(&s2);
 
     let t_partial = w.root.join("partial");

@@ -26,7 +26,7 @@
 use std::collections::{BinaryHeap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -308,25 +308,17 @@ fn check_file(
         Ok(f) => f,
         Err(e) => return Check::Mismatch(format!("cannot read: {e}")),
     };
-    let mut hasher = key.content_hasher();
-    let mut buf = vec![0u8; 1024 * 1024];
-    let mut total = 0u64;
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                total += n as u64;
-                progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Check::Mismatch(format!("read failed: {e}")),
-        }
-    }
+    let counted = |n| {
+        progress.bytes.fetch_add(n, Ordering::Relaxed);
+    };
+    let (total, hash) = match crate::restore::files::content_hash_of(&mut file, key, counted) {
+        Ok(x) => x,
+        Err(e) => return Check::Mismatch(format!("read failed: {e}")),
+    };
     if total != f.size {
         return Check::Mismatch(format!("read {total} bytes instead of {}", f.size));
     }
-    if hasher.finalize() != expected {
+    if hash != expected {
         return Check::Mismatch("content differs from the backup (content hash)".into());
     }
     Check::Ok(total)
@@ -1107,7 +1099,7 @@ fn run_job(
             msg
         })
     });
-    out.files_recovered = total.files_restored + total.files_skipped + total.symlinks;
+    out.files_recovered = total.files_restored + total.files_skipped + total.symlinks + total.fifos;
     out.bytes_recovered = total.bytes + total.bytes_skipped;
     out.files_beside = total.files_beside;
     out.renamed = total.renamed.clone();
@@ -1244,6 +1236,14 @@ fn merge(total: &mut RestoreReport, r: RestoreReport) {
     total.files_beside += r.files_beside;
     total.dirs += r.dirs;
     total.symlinks += r.symlinks;
+    total.fifos += r.fifos;
+    total.hard_links += r.hard_links;
+    total.hard_links_copied += r.hard_links_copied;
+    total.refused += r.refused;
+    total.copies_rejected += r.copies_rejected;
+    total.copies_adopted += r.copies_adopted;
+    total.leftovers_removed += r.leftovers_removed;
+    total.case_insensitive |= r.case_insensitive;
     total.bytes += r.bytes;
     total.elapsed += r.elapsed;
     if total.time_to_first_byte.is_none() {

@@ -20,7 +20,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use keepsake_common::api::FileAtPoint;
-use keepsake_common::ids::ContentHash;
+use keepsake_common::ids::{ChunkIdKey, ContentHash};
 use keepsake_common::keys::OrgKeys;
 
 use super::blobs::fetch_file;
@@ -118,21 +118,33 @@ pub(crate) fn same_content(
     if m.kind != Kind::File || m.size != size {
         return Ok(None);
     }
-    let mut hasher = keys.chunk_id_key.content_hasher();
+    let (total, hash) = content_hash_of(&mut file, &keys.chunk_id_key, |_| {})?;
+    Ok((total == size && hash == *expected).then_some(file))
+}
+
+/// Reads `r` to its end (1 MiB at a time) and returns how many bytes it held and their keyed
+/// content hash; `progress` is told each piece's length.
+pub(crate) fn content_hash_of(
+    r: &mut impl Read,
+    key: &ChunkIdKey,
+    mut progress: impl FnMut(u64),
+) -> io::Result<(u64, ContentHash)> {
+    let mut hasher = key.content_hasher();
     let mut buf = vec![0u8; 1024 * 1024];
     let mut total = 0u64;
     loop {
-        match file.read(&mut buf) {
+        match r.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 hasher.update(&buf[..n]);
                 total += n as u64;
+                progress(n as u64);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok((total == size && hasher.finalize() == *expected).then_some(file))
+    Ok((total, hasher.finalize()))
 }
 
 /// Corrects the mode and time of an open file that is already complete.

@@ -44,7 +44,7 @@ use uuid::Uuid;
 use crate::client::{ApiClient, ClientError};
 
 pub mod blobs;
-mod files;
+pub(crate) mod files;
 mod links;
 pub mod names;
 pub mod placement;

@@ -36,6 +36,10 @@ pub enum CommitOutcome {
 const EFF: &str = "eff AS (SELECT DISTINCT ON (path) * FROM job_delta_entries \
                    WHERE backup_job_id = $1 ORDER BY path, part DESC, ordinal DESC)";
 
+/// One entry per distinct file content of the delta (the first in sending order).
+const REP: &str = "rep AS (SELECT DISTINCT ON (content_hash) content_hash, size, chunk_count, part, ordinal \
+                   FROM eff WHERE op = 'upsert' AND entry_kind = 'file' ORDER BY content_hash, part, ordinal)";
+
 /// Commits `job`: see the module documentation.
 pub async fn commit(
     db: &Db,
@@ -145,9 +149,7 @@ pub async fn commit(
     // neither row nor list). Another machine's list is never used for this machine's files.
     tx.execute(
         &format!(
-            "WITH {EFF}, \
-             rep AS (SELECT DISTINCT ON (content_hash) content_hash, size, chunk_count \
-                     FROM eff WHERE op = 'upsert' AND entry_kind = 'file' ORDER BY content_hash, part, ordinal) \
+            "WITH {EFF}, {REP} \
              INSERT INTO file_contents (organization_id, content_hash, agent_id, size, chunk_count, created_by_job_id) \
              SELECT $2, content_hash, $3, size, chunk_count, $1 FROM rep \
              ON CONFLICT DO NOTHING"
@@ -157,9 +159,7 @@ pub async fn commit(
     .await?;
     tx.execute(
         &format!(
-            "WITH {EFF}, \
-             rep AS (SELECT DISTINCT ON (content_hash) content_hash, part, ordinal \
-                     FROM eff WHERE op = 'upsert' AND entry_kind = 'file' ORDER BY content_hash, part, ordinal) \
+            "WITH {EFF}, {REP} \
              INSERT INTO content_chunks (organization_id, content_hash, agent_id, seq, blob_id, file_offset, plain_length) \
              SELECT $2, r.content_hash, $3, c.seq, c.blob_id, c.file_offset, c.plain_length \
              FROM file_contents fc \

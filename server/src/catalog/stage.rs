@@ -40,6 +40,32 @@ struct StagedEntry {
     link: Option<i64>,
 }
 
+/// A staged link, folder or named pipe (no content).
+fn no_content(
+    kind: &'static str,
+    path: String,
+    raw_path: Option<Vec<u8>>,
+    mtime_ns: i64,
+    mode: Option<u32>,
+    mac: Option<[u8; 32]>,
+) -> StagedEntry {
+    StagedEntry {
+        op: "upsert",
+        path,
+        raw_path,
+        kind,
+        symlink_target: None,
+        size: Some(0),
+        mtime: mtime_of(mtime_ns),
+        mode: mode.map(|m| m as i32),
+        content_hash: Some(NO_CONTENT),
+        chunks: Vec::new(),
+        mtime_ns: Some(mtime_ns),
+        mac,
+        link: None,
+    }
+}
+
 pub(super) fn mtime_of(ns: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(
         ns.div_euclid(1_000_000_000),
@@ -113,19 +139,8 @@ fn stage_entry(e: Entry) -> Result<StagedEntry, String> {
             mtime_ns,
             ..
         } => StagedEntry {
-            op: "upsert",
-            path,
-            raw_path,
-            kind: "symlink",
             symlink_target: Some(target),
-            size: Some(0),
-            mtime: mtime_of(mtime_ns),
-            mode: None,
-            content_hash: Some(NO_CONTENT),
-            chunks: Vec::new(),
-            mtime_ns: Some(mtime_ns),
-            mac,
-            link: None,
+            ..no_content("symlink", path, raw_path, mtime_ns, None, mac)
         },
         Entry::Dir {
             path,
@@ -133,42 +148,14 @@ fn stage_entry(e: Entry) -> Result<StagedEntry, String> {
             mtime_ns,
             mode,
             ..
-        } => StagedEntry {
-            op: "upsert",
-            path,
-            raw_path,
-            kind: "directory",
-            symlink_target: None,
-            size: Some(0),
-            mtime: mtime_of(mtime_ns),
-            mode: Some(mode as i32),
-            content_hash: Some(NO_CONTENT),
-            chunks: Vec::new(),
-            mtime_ns: Some(mtime_ns),
-            mac,
-            link: None,
-        },
+        } => no_content("directory", path, raw_path, mtime_ns, Some(mode), mac),
         Entry::Fifo {
             path,
             raw_path,
             mtime_ns,
             mode,
             ..
-        } => StagedEntry {
-            op: "upsert",
-            path,
-            raw_path,
-            kind: "fifo",
-            symlink_target: None,
-            size: Some(0),
-            mtime: mtime_of(mtime_ns),
-            mode: Some(mode as i32),
-            content_hash: Some(NO_CONTENT),
-            chunks: Vec::new(),
-            mtime_ns: Some(mtime_ns),
-            mac,
-            link: None,
-        },
+        } => no_content("fifo", path, raw_path, mtime_ns, Some(mode), mac),
     })
 }
 

@@ -43,25 +43,21 @@ impl Agent {
         let s = r.status();
         (s, r.json().await.unwrap_or(Value::Null))
     }
-    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let r = self
-            .req(reqwest::Method::POST, path)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+    async fn send_bytes(
+        &self,
+        m: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let r = self.req(m, path).body(body).send().await.unwrap();
         let s = r.status();
         (s, r.json().await.unwrap_or(Value::Null))
     }
+    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        self.send_bytes(reqwest::Method::POST, path, body).await
+    }
     pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let r = self
-            .req(reqwest::Method::PUT, path)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let s = r.status();
-        (s, r.json().await.unwrap_or(Value::Null))
+        self.send_bytes(reqwest::Method::PUT, path, body).await
     }
 }
 
