@@ -74,7 +74,12 @@ def main(path):
             extra.append(f"{failed} failed")
         if any("verified" in r for r in rows):
             v = [r.get("verified") for r in rows]
-            extra.append("restore verified" if all(v) else f"VERIFY FAILED {v.count(False)}/{len(v)}")
+            if any(x == "unverified" for x in v):
+                extra.append("restore not verified (b3sum not installed)")
+            elif all(x is True for x in v):
+                extra.append("restore verified")
+            else:
+                extra.append(f"VERIFY FAILED {v.count(False)}/{len(v)}")
         if files and med(rows, "cpu_s") is not None:
             extra.append(f"{med(rows, 'cpu_s') / files * 1e6:.0f} µs CPU/file")
         if "changed_bytes" in rows[0]:
