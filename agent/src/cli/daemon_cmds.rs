@@ -13,9 +13,8 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, FileState};
 use crate::daemon::{self, Daemon, DaemonOptions};
-use crate::home::Home;
+use crate::home::{Home, CATALOG_FILE};
 use crate::relpath::RelPath;
-use crate::sync::CATALOG_FILE;
 use crate::units::format_bytes;
 
 /// `keepsake run`.

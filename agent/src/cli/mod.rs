@@ -30,6 +30,7 @@ use keepsake_common::keys::{OrgKeys, OrgPublicKeys};
 
 use crate::catalog::{Catalog, WriterLock};
 use crate::exclude::{Decision, ExcludeConfig, Matcher, RuleList, DEFAULT_MARKER_FILE};
+use crate::home::{CATALOG_FILE, LOCAL_EXCLUDE_FILE, LOCK_FILE};
 use crate::pipeline::{
     backup_to_sink, BackupObserver, BackupOptions, BackupReport, DeltaLimits, FileOutcome,
     FramedFileSink,
@@ -41,13 +42,6 @@ use crate::units::{format_bytes, parse_size};
 
 /// Exit code: the scan completed but some paths could not be read.
 pub const EXIT_PARTIAL: u8 = 3;
-
-/// File name of the catalog inside the agent's home.
-pub const CATALOG_FILE: &str = "catalog.db";
-/// Lock file held by a process that updates the catalog.
-pub const LOCK_FILE: &str = "catalog.lock";
-/// Local exclusion rules (gitignore syntax) inside the agent's home.
-pub const LOCAL_EXCLUDE_FILE: &str = "exclude";
 
 /// Keepsake backup agent.
 #[derive(Debug, Parser)]

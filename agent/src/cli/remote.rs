@@ -15,10 +15,10 @@ use uuid::Uuid;
 
 use super::{build_matcher, RuleArgs};
 use crate::catalog::Catalog;
-use crate::home::{Home, SecretSource};
+use crate::home::{Home, SecretSource, CATALOG_FILE};
 use crate::pipeline::{BackupObserver, FileOutcome};
 use crate::restore::{self, RestoreOptions, RestoreProgress};
-use crate::sync::{self, EnrollOptions, SyncBackupOptions, CATALOG_FILE};
+use crate::sync::{self, EnrollOptions, SyncBackupOptions};
 use crate::units::format_bytes;
 
 /// Passphrase / paper-key options shared by the commands that unlock keys.

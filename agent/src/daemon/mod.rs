@@ -28,10 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Catalog, Priority, WriterLock};
 use crate::client::RetryPolicy;
 use crate::exclude::{ExcludeConfig, Matcher, RuleList};
-use crate::home::{write_private, Home};
+use crate::home::{write_private, Home, CATALOG_FILE, LOCAL_EXCLUDE_FILE, LOCK_FILE};
 use crate::relpath::RelPath;
 use crate::scan::Entry;
-use crate::sync::{self, SyncBackupOptions, SyncError, CATALOG_FILE};
+use crate::sync::{self, SyncBackupOptions, SyncError};
 use crate::watch::{SourceWatcher, WatchEvent};
 
 /// Lock file held by the running daemon.
@@ -359,7 +359,7 @@ impl Daemon {
         home.public_keys().map_err(SyncError::from)?;
         let mut all: Vec<PathBuf> = Vec::new();
         {
-            let _w = WriterLock::acquire(&home.path(sync::LOCK_FILE))?;
+            let _w = WriterLock::acquire(&home.path(LOCK_FILE))?;
             let mut catalog = Catalog::open(&home.path(CATALOG_FILE))?;
             for r in roots {
                 let c = std::fs::canonicalize(&r)
@@ -700,7 +700,7 @@ impl Daemon {
                 cfg.max_file_size = Some(max);
             }
         }
-        if let Ok(list) = RuleList::from_file(&self.home.path(crate::cli::LOCAL_EXCLUDE_FILE)) {
+        if let Ok(list) = RuleList::from_file(&self.home.path(LOCAL_EXCLUDE_FILE)) {
             if !list.patterns.is_empty() {
                 cfg.local.push(list);
             }
@@ -941,7 +941,7 @@ fn release_freed_memory() {
 fn queue_locally(home: &Home, root: &Path, matcher: Arc<Matcher>) -> Result<(), SyncError> {
     let root = std::fs::canonicalize(root)
         .map_err(|e| SyncError::Other(format!("{}: {e}", root.display())))?;
-    let _lock = WriterLock::acquire(&home.path(sync::LOCK_FILE))?;
+    let _lock = WriterLock::acquire(&home.path(LOCK_FILE))?;
     let mut catalog = Catalog::open(&home.path(CATALOG_FILE))?;
     let opts = crate::plan::PlanOptions {
         update_catalog: true,

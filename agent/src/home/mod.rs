@@ -8,6 +8,8 @@
 //!                        keeping them on disk (mode 0600); otherwise restores ask for the
 //!                        passphrase (or a paper key) each time
 //! <home>/catalog.db      the local catalog (see `catalog`)
+//! <home>/catalog.lock    held by the one process that writes the catalog
+//! <home>/exclude         local exclusion rules (gitignore syntax)
 //! ```
 
 use std::fs;
@@ -24,6 +26,12 @@ pub const CONFIG_FILE: &str = "agent.toml";
 pub const KEYS_FILE: &str = "keys.json";
 /// File name of the unsealed secret keys (only when allowed).
 pub const SECRET_KEYS_FILE: &str = "secret-keys.json";
+/// File name of the local catalog.
+pub const CATALOG_FILE: &str = "catalog.db";
+/// Lock file held by a process that updates the catalog.
+pub const LOCK_FILE: &str = "catalog.lock";
+/// Local exclusion rules (gitignore syntax).
+pub const LOCAL_EXCLUDE_FILE: &str = "exclude";
 
 /// Errors of the home folder.
 #[derive(Debug, thiserror::Error)]

@@ -20,14 +20,9 @@ use uuid::Uuid;
 use crate::catalog::{Catalog, WriterLock};
 use crate::client::{ApiClient, ClientError, CommitAnswer, RetryPolicy};
 use crate::exclude::Matcher;
-use crate::home::{AgentConfig, Home, HomeError, SecretSource};
+use crate::home::{AgentConfig, Home, HomeError, SecretSource, CATALOG_FILE, LOCK_FILE};
 use crate::pipeline::{backup_to_sink, BackupError, BackupObserver, BackupOptions, BackupReport};
 use crate::upload::{UploadSink, DEFAULT_PACK_BYTES};
-
-/// File name of the catalog inside the home.
-pub const CATALOG_FILE: &str = "catalog.db";
-/// Lock file held while the catalog is written.
-pub const LOCK_FILE: &str = "catalog.lock";
 
 /// Errors of enrolment and backups.
 #[derive(Debug, thiserror::Error)]
