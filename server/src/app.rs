@@ -1,4 +1,11 @@
 //! Server lifecycle: prepare the database (embedded or configured), migrate, serve, shut down.
+//!
+//! One serving process per data directory (an exclusive lock on `server.lock`, released by the
+//! operating system however the process ends). On a crash: the embedded cluster may outlive the
+//! server; the next start finds its postmaster (or its stale `postmaster.pid`) and takes it over
+//! ([`crate::db::embedded`]); migrations are applied one transaction per file, so an interrupted
+//! migration is applied again from its start; requests in flight are lost (each write they made
+//! is one transaction, so it either happened whole or not at all) and agents retry them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -67,20 +74,7 @@ pub async fn prepare_database(config: &Config, own: bool) -> Result<PreparedData
                 "embedded PostgreSQL running (Unix socket only)"
             );
             let admin = db::connect_owner(&cluster.pg_config("postgres")).await?;
-            let exists = admin
-                .query_opt(
-                    "SELECT 1 FROM pg_database WHERE datname = $1",
-                    &[&embedded::DATABASE],
-                )
-                .await
-                .map_err(DbError::from)?
-                .is_some();
-            if !exists {
-                admin
-                    .batch_execute(&format!("CREATE DATABASE {}", embedded::DATABASE))
-                    .await
-                    .map_err(DbError::from)?;
-            }
+            db::ensure_database(&admin, embedded::DATABASE).await?;
             Ok(PreparedDatabase {
                 owner_config: cluster.pg_config(embedded::DATABASE),
                 cluster: Some(cluster),

@@ -108,9 +108,15 @@ async fn admin_inner(
                 crate::destinations::DestinationConfig::S3 { .. } => "s3",
                 _ => "local",
             };
-            let created =
-                crate::orgs::create_org(&owner, &db, &name, slug.as_deref(), &admin_email, kind)
-                    .await?;
+            let created = crate::db::orgs::create_org(
+                &owner,
+                &db,
+                &name,
+                slug.as_deref(),
+                &admin_email,
+                kind,
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&created)?);
             } else {
@@ -126,12 +132,12 @@ async fn admin_inner(
             }
         }
         AdminCommand::EnrollToken { org, hours, json } => {
-            let org_id = crate::orgs::find_org(&owner, &org).await?;
+            let org_id = crate::db::orgs::find_org(&owner, &org).await?;
             let mut client = db.client().await?;
             let tx =
                 crate::db::begin(&mut client, &crate::db::Actor::System { org: org_id }).await?;
             let (token, id, expires) =
-                crate::orgs::insert_enroll_token(&tx, org_id, None, hours, Some("admin cli"))
+                crate::db::orgs::insert_enroll_token(&tx, org_id, None, hours, Some("admin cli"))
                     .await?;
             tx.commit().await?;
             if json {
@@ -164,7 +170,7 @@ async fn admin_recovery(
         | RecoveryCommand::List { org, .. }
         | RecoveryCommand::Show { org, .. } => org.clone(),
     };
-    let org = crate::orgs::find_org(owner, &org_of(&cmd)).await?;
+    let org = crate::db::orgs::find_org(owner, &org_of(&cmd)).await?;
     let actor = Actor::System { org };
     let mut client = db.client().await?;
     let tx = crate::db::begin(&mut client, &actor).await?;
@@ -262,7 +268,7 @@ async fn admin_scenario(
 ) -> anyhow::Result<()> {
     let org = match &cmd {
         ScenarioCommand::List { org, .. } | ScenarioCommand::Start { org, .. } => {
-            crate::orgs::find_org(owner, org).await?
+            crate::db::orgs::find_org(owner, org).await?
         }
     };
     let actor = Actor::System { org };

@@ -11,7 +11,6 @@ pub mod config;
 pub mod db;
 pub mod destinations;
 pub mod http;
-pub mod orgs;
 pub mod packs;
 pub mod recovery;
 #[cfg(any(test, feature = "testkit"))]

@@ -6,6 +6,11 @@
 //!   body of a pack upload) into files of a target size in a folder: the offline
 //!   `keepsake pack` output, and the reference for a network sink that batches blobs into
 //!   pack-sized uploads.
+//!
+//! On a crash: the memory and discard sinks lose what they held (they are for tests and
+//! benchmarks); the file sink's finished files were flushed (`fsync`, unless disabled) before
+//! they were reported, and the file being written is left incomplete, with its name reported
+//! nowhere: a reader of the output trusts only the files a finished run listed.
 
 use std::collections::HashSet;
 use std::fs::{self, File};

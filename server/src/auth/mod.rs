@@ -2,7 +2,12 @@
 //!
 //! Tokens are 32 random bytes, shown once as `ks<kind>_<hex>`; only their BLAKE3 hash is stored
 //! (`api_tokens.token_hash`). The database function `auth.resolve_token` turns a hash into the
-//! token's organisation and principal before any organisation is known.
+//! token's organisation and principal before any organisation is known; the query lives in
+//! [`crate::db::tokens`].
+//!
+//! On a crash: nothing here is durable except through the database; the failure throttle is held
+//! in memory per process, so a restart forgets the counts (an attacker gains at most one more
+//! window of attempts per restart).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -101,25 +106,19 @@ pub async fn resolve(db: &Db, token: &str) -> Result<Option<Principal>, DbError>
     let hash = hash_token(token);
     let mut client = db.client().await?;
     let tx = db::begin(&mut client, &Actor::Anonymous).await?;
-    let row = tx
-        .query_opt(
-            "SELECT token_id, kind::text, organization_id, user_id, agent_id FROM auth.resolve_token($1)",
-            &[&hash.as_slice()],
-        )
-        .await?;
+    let found = db::tokens::resolve(&tx, &hash).await?;
     tx.commit().await?;
-    let Some(row) = row else {
+    let Some(t) = found else {
         return Ok(None);
     };
-    let kind: String = row.get(1);
-    let who = match kind.as_str() {
-        "user" => row.get::<_, Option<Uuid>>(3).map(Who::User),
-        "agent" => row.get::<_, Option<Uuid>>(4).map(Who::Agent),
+    let who = match t.kind.as_str() {
+        "user" => t.user.map(Who::User),
+        "agent" => t.agent.map(Who::Agent),
         _ => None,
     };
     Ok(who.map(|who| Principal {
-        token_id: row.get(0),
-        org: row.get(2),
+        token_id: t.token_id,
+        org: t.org,
         who,
     }))
 }

@@ -1,6 +1,6 @@
 //! The server's file catalog: staging of job deltas, the commit that turns a delta into file
 //! versions and a recovery point, the state of a source at a recovery point, and the end of jobs
-//! whose agent went silent.
+//! whose agent went silent; also the sources, the start of a job and the recovery points.
 //!
 //! Data flow: [`stage`] receives a delta in numbered parts, each a complete
 //! `keepsake_common::delta` stream, parsed as it streams into the staging tables
@@ -10,7 +10,8 @@
 //! blob, then, in one transaction: advances the source's sequence, records the machine's new
 //! contents and their chunk lists, closes the versions the delta replaces or deletes, adds the new
 //! versions, and writes the manifest, checksum, recovery point and log rows. [`files`] answers the
-//! state at a point. [`lease`] fails running jobs nobody reports on any more. Neither side holds a
+//! state at a point. [`lease`] fails running jobs nobody reports on any more. [`sources`] registers
+//! sources and starts jobs; [`points`] lists recovery points. Neither side holds a
 //! delta whole in memory.
 //!
 //! On a crash: staging rows of an uncommitted job stay until the job commits, fails, or its lease
@@ -19,11 +20,15 @@
 mod commit;
 mod files;
 mod lease;
+mod points;
+mod sources;
 mod stage;
 
 pub use commit::{commit, fail, CommitOutcome, MAX_MISSING_LISTED};
 pub use files::files_at;
 pub use lease::{expire_abandoned, touch};
+pub use points::{get_point, list_points, point_source};
+pub use sources::{list_sources, register_source, start_job, NewJob};
 pub use stage::stage_part;
 
 use chrono::{DateTime, Utc};

@@ -4,6 +4,12 @@
 //! cluster listens only on a Unix socket inside a directory that only its owner can enter, never on
 //! TCP. PostgreSQL refuses to run as root; when we are root the cluster is initialised and run as an
 //! unprivileged system account (`postgres` unless `KEEPSAKE_PG_USER` names another).
+//!
+//! On a crash: PostgreSQL recovers its own data from its write-ahead log at the next start; a
+//! postmaster left running by a killed server is found and used, and a stale `postmaster.pid`
+//! whose process is gone is handled by [`Cluster::start`]. The cluster is initialised only when
+//! its data folder has no `PG_VERSION`; an interrupted `initdb` is not repaired automatically
+//! (the data folder, which holds no data yet, must be removed by hand).
 
 use std::ffi::{CString, OsStr};
 use std::fs;

@@ -1,5 +1,6 @@
-//! PostgreSQL: the application pool, the per-transaction identity, migrations and the embedded
-//! cluster.
+//! PostgreSQL: the application pool, the per-transaction identity, migrations, the embedded
+//! cluster, and the queries of the tables that are neither the catalog ([`crate::catalog`]) nor
+//! recovery ([`crate::recovery`]): organisations, machines, tokens, keys, policy, destinations.
 //!
 //! Every application query runs as the role `keepsake_app`, which owns nothing and has no
 //! BYPASSRLS, so row-level security applies to it. The acting principal (user, agent or the
@@ -7,8 +8,15 @@
 //! start of each transaction ([`begin`]); being transaction-local, nothing survives into the next
 //! transaction on a pooled connection.
 
+pub mod agents;
+pub mod blobs;
+pub mod destinations;
 pub mod embedded;
+pub mod keys;
 pub mod migrate;
+pub mod orgs;
+pub mod policy;
+pub mod tokens;
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
@@ -193,6 +201,29 @@ pub async fn connect_owner(
         }
     });
     Ok(client)
+}
+
+/// Answers when the database does (readiness probe).
+pub async fn ping(client: &tokio_postgres::Client) -> Result<(), DbError> {
+    client.query_one("SELECT 1", &[]).await?;
+    Ok(())
+}
+
+/// Creates database `name` in the cluster `admin` is connected to, unless it exists.
+pub async fn ensure_database(admin: &tokio_postgres::Client, name: &str) -> Result<(), DbError> {
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{}\"",
+                name.replace('"', "\"\"")
+            ))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Parses a database URL, refusing TLS modes we cannot honour.

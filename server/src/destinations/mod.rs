@@ -18,7 +18,6 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 /// Part size for streamed writes. S3 requires at least 5 MiB per part except the last.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -357,22 +356,4 @@ impl ObjectWriter {
         self.inner.abort().await?;
         Ok(())
     }
-}
-
-/// The name and stored configuration of destinations `ids` (run as the system actor: their
-/// configuration is not readable by agents).
-pub async fn configs(
-    tx: &tokio_postgres::Transaction<'_>,
-    ids: &[Uuid],
-) -> Result<Vec<(Uuid, String, serde_json::Value)>, crate::db::DbError> {
-    let rows = tx
-        .query(
-            "SELECT id, name, connection_config FROM backup_destinations WHERE id = ANY($1)",
-            &[&ids],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
 }

@@ -7,12 +7,12 @@ use keepsake_common::api::{
     CreateEnrollTokenRequest, CreateOrgRequest, CreateOrgResponse, CreateUserTokenRequest,
     TokenCreated, WhoAmI,
 };
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::{check_throttle, in_tx, require_user, ApiError, AppState};
 use crate::auth::{hash_token, new_token, Principal, TokenKind, Who};
-use crate::orgs::{self, OrgError};
+use crate::db::orgs::{self, OrgError};
+use crate::db::{agents, tokens};
 
 /// A JSON body that may be absent (empty or `null` means the defaults).
 fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
@@ -40,12 +40,7 @@ pub async fn whoami(p: Principal) -> Json<WhoAmI> {
 pub(crate) async fn require_manager(st: &AppState, p: &Principal) -> Result<(), ApiError> {
     let state = st;
     require_user(p)?;
-    let role: Option<String> = in_tx!(state, &p.actor(), |tx| {
-        Ok(tx
-            .query_one("SELECT auth.org_role()::text", &[])
-            .await?
-            .get(0))
-    });
+    let role = in_tx!(state, &p.actor(), |tx| { Ok(tokens::org_role(&tx).await?) });
     match role.as_deref() {
         Some("admin") | Some("owner") => Ok(()),
         _ => Err(ApiError::forbidden(
@@ -146,29 +141,17 @@ pub async fn create_user_token(
         None => None,
     };
     let (token, hash) = new_token(TokenKind::User);
-    let id: Uuid = in_tx!(state, &p.actor(), |tx| {
-        let user: Uuid = match &req.user_email {
+    let id = in_tx!(state, &p.actor(), |tx| {
+        let user = match &req.user_email {
             None => me,
-            Some(email) => tx
-                .query_opt(
-                    "SELECT u.id FROM auth.users u JOIN user_profiles p ON p.user_id = u.id \
-                     WHERE u.email = lower($1)",
-                    &[email],
-                )
-                .await?
-                .map(|r| r.get(0))
-                .ok_or_else(|| {
-                    ApiError::not_found(format!("no member `{email}` in this organisation"))
-                })?,
+            Some(email) => tokens::member_by_email(&tx, email).await?.ok_or_else(|| {
+                ApiError::not_found(format!("no member `{email}` in this organisation"))
+            })?,
         };
-        Ok(tx
-            .query_one(
-                "INSERT INTO api_tokens (organization_id, kind, user_id, token_hash, label, created_by, expires_at) \
-                 VALUES ($1, 'user', $2, $3, $4, $5, $6) RETURNING id",
-                &[&p.org, &user, &hash.as_slice(), &req.label, &me, &expires],
-            )
-            .await?
-            .get(0))
+        Ok(
+            tokens::create_user_token(&tx, p.org, user, &hash, req.label.as_deref(), me, expires)
+                .await?,
+        )
     });
     Ok((
         StatusCode::CREATED,
@@ -189,12 +172,7 @@ pub async fn revoke_token(
 ) -> Result<StatusCode, ApiError> {
     require_user(&p)?;
     let n = in_tx!(state, &p.actor(), |tx| {
-        Ok(tx
-            .execute(
-                "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-                &[&id],
-            )
-            .await?)
+        Ok(tokens::revoke(&tx, id).await?)
     });
     if n == 0 {
         return Err(ApiError::not_found("no such active token visible to you"));
@@ -202,44 +180,13 @@ pub async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
-pub struct AgentInfo {
-    id: Uuid,
-    name: String,
-    hostname: Option<String>,
-    platform: Option<String>,
-    created_at: chrono::DateTime<chrono::Utc>,
-    last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
-    revoked: bool,
-}
-
 /// `GET /v1/agents`: the organisation's machines.
 pub async fn list_agents(
     State(state): State<AppState>,
     p: Principal,
-) -> Result<Json<Vec<AgentInfo>>, ApiError> {
-    let rows = in_tx!(state, &p.actor(), |tx| {
-        Ok(tx
-            .query(
-                "SELECT id, name, hostname, platform, created_at, last_seen_at, revoked_at IS NOT NULL \
-                 FROM agents ORDER BY name",
-                &[],
-            )
-            .await?)
-    });
-    Ok(Json(
-        rows.iter()
-            .map(|r| AgentInfo {
-                id: r.get(0),
-                name: r.get(1),
-                hostname: r.get(2),
-                platform: r.get(3),
-                created_at: r.get(4),
-                last_seen_at: r.get(5),
-                revoked: r.get(6),
-            })
-            .collect(),
-    ))
+) -> Result<Json<Vec<agents::AgentInfo>>, ApiError> {
+    let list = in_tx!(state, &p.actor(), |tx| { Ok(agents::list(&tx).await?) });
+    Ok(Json(list))
 }
 
 /// `POST /v1/agents/{id}/revoke`: an admin cuts a (stolen) machine off. Its backups stay.
@@ -250,19 +197,7 @@ pub async fn revoke_agent(
 ) -> Result<StatusCode, ApiError> {
     require_manager(&state, &p).await?;
     let n = in_tx!(state, &p.actor(), |tx| {
-        let n = tx
-            .execute(
-                "UPDATE agents SET revoked_at = now(), revoked_reason = 'revoked by an administrator' \
-                 WHERE id = $1 AND revoked_at IS NULL",
-                &[&id],
-            )
-            .await?;
-        tx.execute(
-            "UPDATE api_tokens SET revoked_at = now() WHERE agent_id = $1 AND revoked_at IS NULL",
-            &[&id],
-        )
-        .await?;
-        Ok(n)
+        Ok(agents::revoke(&tx, id).await?)
     });
     if n == 0 {
         return Err(ApiError::not_found("no such active agent"));

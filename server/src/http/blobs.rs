@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{in_tx, require_agent, ApiError, AppState};
 use crate::auth::Principal;
-use crate::db::Actor;
+use crate::db::{blobs, Actor};
 use crate::packs::{self, PackError};
 
 /// `POST /v1/blobs/missing`: the IDs of the request the calling machine holds no trusted copy
@@ -38,8 +38,8 @@ pub async fn missing(
     let grace = state.inner.settings.protect_grace;
     let agent = p.agent_id();
     let (present, foreign) = in_tx!(state, &p.actor(), |tx| {
-        let (trusted, foreign) = packs::trusted(&tx, agent, &req.ids).await?;
-        packs::protect(&tx, &trusted, grace).await?;
+        let (trusted, foreign) = blobs::trusted(&tx, agent, &req.ids).await?;
+        blobs::protect(&tx, &trusted, grace).await?;
         Ok((trusted, foreign))
     });
     let present: std::collections::HashSet<_> = present.into_iter().collect();
@@ -72,7 +72,7 @@ pub async fn adopt(
     let copies: Vec<_> = req.copies.iter().map(|c| (c.id, c.cipher_hash)).collect();
     let org = p.org;
     let adopted = in_tx!(state, &p.actor(), |tx| {
-        Ok(packs::adopt(&tx, org, agent, &copies).await?)
+        Ok(blobs::adopt(&tx, org, agent, &copies).await?)
     });
     Ok(Json(AdoptResponse { adopted }))
 }
@@ -122,7 +122,7 @@ pub async fn read_blobs(
     }
     let agent = p.agent_id();
     let located = in_tx!(state, &p.actor(), |tx| {
-        Ok(packs::locate(&tx, agent, &req.ids, &req.avoid).await?)
+        Ok(blobs::locate(&tx, agent, &req.ids, &req.avoid).await?)
     });
     let locations = match located {
         Ok(l) => l,
@@ -144,7 +144,7 @@ pub async fn read_blobs(
     wanted.sort();
     wanted.dedup();
     let rows = in_tx!(state, &Actor::System { org }, |tx| {
-        Ok(crate::destinations::configs(&tx, &wanted).await?)
+        Ok(crate::db::destinations::configs(&tx, &wanted).await?)
     });
     let mut dests = HashMap::new();
     for (id, name, config) in rows {

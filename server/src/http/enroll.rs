@@ -4,10 +4,10 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::Json;
 use keepsake_common::api::{EnrollRequest, EnrollResponse};
-use uuid::Uuid;
 
 use super::{check_throttle, in_tx, ApiError, AppState};
 use crate::auth::{hash_token, new_token, TokenKind};
+use crate::db::agents::{self, Enrolled};
 use crate::db::Actor;
 
 fn clean(s: &str, what: &str, max: usize) -> Result<String, ApiError> {
@@ -45,14 +45,8 @@ pub async fn enroll(
         .transpose()?;
 
     let hash = hash_token(&req.enroll_token);
-    let resolved: Option<(Uuid, Uuid)> = in_tx!(state, &Actor::Anonymous, |tx| {
-        Ok(tx
-            .query_opt(
-                "SELECT token_id, organization_id FROM auth.resolve_token($1) WHERE kind = 'enroll'",
-                &[&hash.as_slice()],
-            )
-            .await?
-            .map(|r| (r.get(0), r.get(1))))
+    let resolved = in_tx!(state, &Actor::Anonymous, |tx| {
+        Ok(agents::resolve_enroll_token(&tx, &hash).await?)
     });
     let Some((token_id, org)) = resolved else {
         state.inner.throttle.failed(ip);
@@ -62,65 +56,37 @@ pub async fn enroll(
         ));
     };
     let (agent_token, agent_hash) = new_token(TokenKind::Agent);
+    let new = agents::NewAgent {
+        org,
+        name: &name,
+        hostname: hostname.as_deref(),
+        platform: platform.as_deref(),
+        version: version.as_deref(),
+        token_hash: &agent_hash,
+    };
+    // A refusal returns an error from inside the transaction, so it rolls back and the
+    // enrolment token stays unspent.
     let out = in_tx!(state, &Actor::System { org }, |tx| {
-        let used = tx
-            .execute(
-                "UPDATE api_tokens SET used_at = now() WHERE id = $1 AND kind = 'enroll' AND used_at IS NULL",
-                &[&token_id],
-            )
-            .await?;
-        if used == 0 {
-            return Err(ApiError::new(
+        match agents::enroll(&tx, token_id, &new).await? {
+            Enrolled::TokenUsed => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "this enrolment token has already been used",
-            ));
-        }
-        let taken = tx
-            .query_opt(
-                "SELECT 1 FROM agents WHERE name = $1 AND revoked_at IS NULL",
-                &[&name],
-            )
-            .await?
-            .is_some();
-        if taken {
-            return Err(ApiError::conflict(format!(
+            )),
+            Enrolled::NameTaken => Err(ApiError::conflict(format!(
                 "a machine named `{name}` is already enrolled; choose another name or revoke the old one"
-            )));
+            ))),
+            Enrolled::Done {
+                agent,
+                org_name,
+                allow_unsealed_key_on_disk,
+            } => Ok(EnrollResponse {
+                organization_id: org,
+                organization_name: org_name,
+                agent_id: agent,
+                agent_token: agent_token.clone(),
+                allow_unsealed_key_on_disk,
+            }),
         }
-        let agent: Uuid = tx
-            .query_one(
-                "INSERT INTO agents (organization_id, name, hostname, platform, agent_version, last_seen_at) \
-                 VALUES ($1, $2, $3, $4, $5, now()) RETURNING id",
-                &[&org, &name, &hostname, &platform, &version],
-            )
-            .await?
-            .get(0);
-        tx.execute(
-            "INSERT INTO api_tokens (organization_id, kind, agent_id, token_hash, label) \
-             VALUES ($1, 'agent', $2, $3, $4)",
-            &[&org, &agent, &agent_hash.as_slice(), &name],
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO backup_audit_trail (organization_id, actor, action, resource_type, resource_id, new_values) \
-             VALUES ($1, 'system', 'agent.enrolled', 'agent', $2, jsonb_build_object('name', $3::text, 'hostname', $4::text))",
-            &[&org, &agent, &name, &hostname],
-        )
-        .await?;
-        let row = tx
-            .query_one(
-                "SELECT name, coalesce((settings->>'allow_unsealed_key_on_disk')::boolean, false) \
-                 FROM organizations WHERE id = $1",
-                &[&org],
-            )
-            .await?;
-        Ok(EnrollResponse {
-            organization_id: org,
-            organization_name: row.get(0),
-            agent_id: agent,
-            agent_token: agent_token.clone(),
-            allow_unsealed_key_on_disk: row.get(1),
-        })
     });
     state.inner.throttle.succeeded(ip);
     tracing::info!(org = %org, agent = %out.agent_id, "agent enrolled");

@@ -17,10 +17,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let check = async {
         let client = state.db().client().await.map_err(|e| e.to_string())?;
-        client
-            .query_one("SELECT 1", &[])
-            .await
-            .map_err(|e| crate::db::describe(&e))?;
+        crate::db::ping(&client).await.map_err(|e| e.to_string())?;
         migrate::status(&client).await.map_err(|e| e.to_string())
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), check).await {

@@ -30,16 +30,6 @@ impl From<CatalogError> for ApiError {
     }
 }
 
-fn source_info(r: &tokio_postgres::Row) -> SourceInfo {
-    SourceInfo {
-        id: r.get(0),
-        agent_id: r.get(1),
-        root_path: r.get(2),
-        label: r.get(3),
-        last_committed_seq: r.get(4),
-    }
-}
-
 /// `POST /v1/sources`: registers a watched root of the calling machine (idempotent).
 pub async fn register_source(
     State(state): State<AppState>,
@@ -54,28 +44,7 @@ pub async fn register_source(
         ));
     }
     let info = in_tx!(state, &p.actor(), |tx| {
-        const COLS: &str = "id, agent_id, root_path, label, last_committed_seq";
-        if let Some(r) = tx
-            .query_opt(
-                &format!(
-                    "SELECT {COLS} FROM backup_sources WHERE agent_id = $1 AND root_path = $2"
-                ),
-                &[&agent, &root],
-            )
-            .await?
-        {
-            return Ok(source_info(&r));
-        }
-        let r = tx
-            .query_one(
-                &format!(
-                    "INSERT INTO backup_sources (organization_id, agent_id, root_path, label) \
-                     VALUES ($1, $2, $3, $4) RETURNING {COLS}"
-                ),
-                &[&p.org, &agent, &root, &req.label],
-            )
-            .await?;
-        Ok(source_info(&r))
+        Ok(catalog::register_source(&tx, p.org, agent, root, req.label.as_deref()).await?)
     });
     Ok(Json(info))
 }
@@ -86,16 +55,10 @@ pub async fn list_sources(
     p: Principal,
 ) -> Result<Json<Vec<SourceInfo>>, ApiError> {
     let agent = p.agent_id();
-    let rows = in_tx!(state, &p.actor(), |tx| {
-        Ok(tx
-            .query(
-                "SELECT id, agent_id, root_path, label, last_committed_seq FROM backup_sources \
-                 WHERE $1::uuid IS NULL OR agent_id = $1 ORDER BY root_path",
-                &[&agent],
-            )
-            .await?)
+    let sources = in_tx!(state, &p.actor(), |tx| {
+        Ok(catalog::list_sources(&tx, agent).await?)
     });
-    Ok(Json(rows.iter().map(source_info).collect()))
+    Ok(Json(sources))
 }
 
 /// `POST /v1/jobs`: starts a backup job of one of the caller's sources.
@@ -110,31 +73,20 @@ pub async fn start_job(
         JobKind::Incremental => "incremental",
         JobKind::Full => "full",
     };
-    let started = in_tx!(state, &p.actor(), |tx| {
-        let parent: i64 = tx
-            .query_opt(
-                "SELECT last_committed_seq FROM backup_sources WHERE id = $1 AND agent_id = $2",
-                &[&req.source_id, &agent],
-            )
-            .await?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("no source {} of this machine", req.source_id))
-            })?
-            .get(0);
-        let job: Uuid = tx
-            .query_one(
-                "INSERT INTO backup_jobs (organization_id, agent_id, source_id, destination_id, job_type, status, \
-                     started_at, parent_seq, wedding_critical_priority, heartbeat_at) \
-                 VALUES ($1, $2, $3, $4, $5::text::backup_job_type, 'running', now(), $6, $7, now()) RETURNING id",
-                &[&p.org, &agent, &req.source_id, &dest_id, &kind, &parent, &req.wedding_critical],
-            )
-            .await?
-            .get(0);
-        Ok(JobStarted {
-            job_id: job,
-            parent_seq: parent,
+    let new = catalog::NewJob {
+        org: p.org,
+        agent,
+        source: req.source_id,
+        destination: dest_id,
+        kind,
+        wedding_critical: req.wedding_critical,
+    };
+    let (job_id, parent_seq) = in_tx!(state, &p.actor(), |tx| {
+        catalog::start_job(&tx, &new).await?.ok_or_else(|| {
+            ApiError::not_found(format!("no source {} of this machine", req.source_id))
         })
     });
+    let started = JobStarted { job_id, parent_seq };
     Ok((StatusCode::CREATED, Json(started)))
 }
 

@@ -6,10 +6,10 @@ use axum::http::StatusCode;
 use axum::Json;
 use keepsake_common::api::{KeyRecord, KeysResponse, RegisterKeyRequest};
 use keepsake_common::keys::KeyBundle;
-use uuid::Uuid;
 
 use super::{in_tx, ApiError, AppState};
 use crate::auth::{Principal, Who};
+use crate::db::keys::{self, Registered};
 
 fn valid_recipient(r: &str) -> bool {
     r.len() == 62
@@ -24,23 +24,7 @@ pub async fn get_keys(
     State(state): State<AppState>,
     p: Principal,
 ) -> Result<Json<KeysResponse>, ApiError> {
-    let active = in_tx!(state, &p.actor(), |tx| {
-        Ok(tx
-            .query_opt(
-                "SELECT id, key_hash, recipient, convert_from(key_bundle, 'UTF8'), is_active, created_at \
-                 FROM backup_encryption_keys WHERE is_active",
-                &[],
-            )
-            .await?)
-    })
-    .map(|r| KeyRecord {
-        id: r.get(0),
-        key_id: r.get(1),
-        recipient: r.get(2),
-        bundle: r.get(3),
-        is_active: r.get(4),
-        created_at: r.get(5),
-    });
+    let active = in_tx!(state, &p.actor(), |tx| { Ok(keys::active(&tx).await?) });
     Ok(Json(KeysResponse { active }))
 }
 
@@ -76,13 +60,7 @@ pub async fn register_key(
     }
     let compact = serde_json::to_string(&bundle).map_err(ApiError::internal)?;
     let record = in_tx!(state, &p.actor(), |tx| {
-        let active: Option<(Uuid, String)> = tx
-            .query_opt(
-                "SELECT id, key_hash FROM backup_encryption_keys WHERE is_active",
-                &[],
-            )
-            .await?
-            .map(|r| (r.get(0), r.get(1)));
+        let active = keys::active_id(&tx).await?;
         match (&active, &req.replaces_key_id) {
             (None, None) => {}
             (None, Some(_)) => {
@@ -105,50 +83,33 @@ pub async fn register_key(
                         "only an admin or owner may rotate the organisation's key",
                     ));
                 }
-                tx.execute(
-                    "UPDATE backup_encryption_keys SET is_active = false, retired_at = now() WHERE id = $1",
-                    &[old],
-                )
-                .await?;
+                keys::retire(&tx, *old).await?;
             }
         }
-        let row = match tx
-            .query_one(
-                "INSERT INTO backup_encryption_keys (organization_id, key_name, recipient, key_hash, key_bundle, \
-                     extra_recipients, next_rotation_date, created_by_agent_id, created_by_user_id) \
-                 VALUES ($1, $2, $3, $4, convert_to($5, 'UTF8'), $6, CURRENT_DATE + 365, $7, $8) \
-                 RETURNING id, created_at",
-                &[
-                    &p.org,
-                    &format!("data key {}", req.key_id),
-                    &req.recipient,
-                    &req.key_id,
-                    &compact,
-                    &req.extra_recipients,
-                    &p.agent_id(),
-                    &p.user_id(),
-                ],
-            )
-            .await
-        {
-            Ok(row) => row,
-            // Two first machines at once: the other one won.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                return Err(ApiError::conflict(
-                    "the organisation's key was registered concurrently by another machine; fetch it",
-                )
-                .with_code("key_exists"));
-            }
-            Err(e) => return Err(e.into()),
+        let new = keys::NewKey {
+            org: p.org,
+            key_id: &req.key_id,
+            recipient: &req.recipient,
+            bundle: &compact,
+            extra_recipients: &req.extra_recipients,
+            by_agent: p.agent_id(),
+            by_user: p.user_id(),
         };
-        Ok(KeyRecord {
-            id: row.get(0),
-            key_id: req.key_id.clone(),
-            recipient: req.recipient.clone(),
-            bundle: compact.clone(),
-            is_active: true,
-            created_at: row.get(1),
-        })
+        match keys::insert(&tx, &new).await? {
+            Registered::Stored { id, created_at } => Ok(KeyRecord {
+                id,
+                key_id: req.key_id.clone(),
+                recipient: req.recipient.clone(),
+                bundle: compact.clone(),
+                is_active: true,
+                created_at,
+            }),
+            // Two first machines at once: the other one won.
+            Registered::Concurrent => Err(ApiError::conflict(
+                "the organisation's key was registered concurrently by another machine; fetch it",
+            )
+            .with_code("key_exists")),
+        }
     });
     Ok((StatusCode::CREATED, Json(record)))
 }

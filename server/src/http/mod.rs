@@ -114,14 +114,7 @@ impl AppState {
             },
         )
         .await?;
-        let row = tx
-            .query_opt(
-                "SELECT id, name, connection_config FROM backup_destinations \
-                 WHERE is_primary AND is_active",
-                &[],
-            )
-            .await
-            .map_err(DbError::from)?;
+        let row = db::destinations::primary(&tx).await?;
         tx.commit().await.map_err(DbError::from)?;
         let row = row.ok_or_else(|| {
             ApiError::new(
@@ -129,8 +122,8 @@ impl AppState {
                 "the organisation has no active primary storage destination",
             )
         })?;
-        let id: Uuid = row.get(0);
-        let dest = self.destination(id, row.get(1), row.get(2))?;
+        let (id, name, config) = row;
+        let dest = self.destination(id, name, config)?;
         Ok((id, dest))
     }
 

@@ -114,12 +114,12 @@ impl TestServer {
     pub async fn create_org(&self, name: &str) -> CreateOrgResponse {
         let owner = self.db.owner().await;
         let db = self.db.db();
-        crate::orgs::create_org(
+        crate::db::orgs::create_org(
             &owner,
             &db,
             name,
             None,
-            &format!("owner@{}.example", crate::orgs::slugify(name)),
+            &format!("owner@{}.example", crate::db::orgs::slugify(name)),
             "local",
         )
         .await
@@ -133,7 +133,7 @@ impl TestServer {
         let tx = crate::db::begin(&mut client, &crate::db::Actor::System { org })
             .await
             .expect("begin");
-        let (token, _, _) = crate::orgs::insert_enroll_token(&tx, org, None, 24, Some("test"))
+        let (token, _, _) = crate::db::orgs::insert_enroll_token(&tx, org, None, 24, Some("test"))
             .await
             .expect("enroll token");
         tx.commit().await.expect("commit");

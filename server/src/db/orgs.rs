@@ -1,5 +1,9 @@
 //! Organisations and their tokens: creation of an organisation with its first admin, default
-//! storage destination and first enrolment token; enrolment and user tokens.
+//! storage destination and first enrolment token; enrolment tokens.
+//!
+//! Creating an organisation is one transaction: a crash leaves either nothing or the
+//! organisation with its admin, destination and tokens (whose clear text, shown once, is lost
+//! with the crash: the administrator then makes new tokens with `keepsake-server admin`).
 
 use chrono::{DateTime, Duration, Utc};
 use keepsake_common::api::CreateOrgResponse;
