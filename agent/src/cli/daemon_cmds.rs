@@ -11,9 +11,9 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use crate::catalog::{Catalog, FileState};
+use crate::catalog::FileState;
 use crate::daemon::{self, Daemon, DaemonOptions};
-use crate::home::{Home, CATALOG_FILE};
+use crate::home::Home;
 use crate::relpath::RelPath;
 use crate::units::format_bytes;
 
@@ -104,8 +104,9 @@ struct Copies {
 
 fn path_report(home: &Home, dir: &Path) -> anyhow::Result<PathReport> {
     let dir = std::fs::canonicalize(dir).with_context(|| format!("{}", dir.display()))?;
-    let catalog =
-        Catalog::open(&home.path(CATALOG_FILE)).context("no catalog yet: nothing backed up")?;
+    let catalog = home
+        .existing_catalog()?
+        .context("no catalog yet: nothing backed up")?;
     let source = catalog
         .sources()?
         .into_iter()

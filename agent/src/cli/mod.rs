@@ -28,9 +28,9 @@ use serde::Serialize;
 use keepsake_common::delta::DeltaHeader;
 use keepsake_common::keys::{OrgKeys, OrgPublicKeys};
 
-use crate::catalog::{Catalog, WriterLock};
+use crate::catalog::Catalog;
 use crate::exclude::{Decision, ExcludeConfig, Matcher, RuleList, DEFAULT_MARKER_FILE};
-use crate::home::{CATALOG_FILE, LOCAL_EXCLUDE_FILE, LOCK_FILE};
+use crate::home::{Home, CATALOG_FILE, LOCAL_EXCLUDE_FILE};
 use crate::pipeline::{
     backup_to_sink, BackupObserver, BackupOptions, BackupReport, DeltaLimits, FileOutcome,
     FramedFileSink,
@@ -434,17 +434,25 @@ fn cmd_scan(home: &Path, args: ScanArgs, out: &mut dyn Write) -> anyhow::Result<
         bail!("cannot scan {}: not a folder", root.display());
     }
     let matcher = Arc::new(build_matcher(&root, home, &args.rules)?);
-    let catalog_path = home.join(CATALOG_FILE);
-    let _lock = if args.update_catalog {
-        Some(WriterLock::acquire(&home.join(LOCK_FILE))?)
+    let home = Home::new(home);
+    let catalog_path = home.path(CATALOG_FILE);
+    let mut writer;
+    let mut reader;
+    let catalog: &mut Catalog = if args.update_catalog {
+        writer = home
+            .catalog_writer()
+            .with_context(|| format!("cannot open the catalog {}", catalog_path.display()))?;
+        &mut writer
     } else {
-        None
-    };
-    let mut catalog = if args.update_catalog || catalog_path.exists() {
-        Catalog::open(&catalog_path)
-            .with_context(|| format!("cannot open the catalog {}", catalog_path.display()))?
-    } else {
-        Catalog::open_in_memory()?
+        reader = match home.existing_catalog() {
+            Ok(Some(c)) => c,
+            Ok(None) => Catalog::open_in_memory()?,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot open the catalog {}", catalog_path.display()))
+            }
+        };
+        &mut reader
     };
     let opts = PlanOptions {
         update_catalog: args.update_catalog,
@@ -464,21 +472,14 @@ fn cmd_scan(home: &Path, args: ScanArgs, out: &mut dyn Write) -> anyhow::Result<
             out: &mut *out,
             error: None,
         };
-        let r = plan::run(&mut catalog, &root, matcher, scan_opts, &opts, &mut lister)?;
+        let r = plan::run(catalog, &root, matcher, scan_opts, &opts, &mut lister)?;
         if let Some(e) = lister.error {
             return Err(e.into());
         }
         r
     } else {
         let mut progress = progress;
-        plan::run(
-            &mut catalog,
-            &root,
-            matcher,
-            scan_opts,
-            &opts,
-            &mut progress,
-        )?
+        plan::run(catalog, &root, matcher, scan_opts, &opts, &mut progress)?
     };
     bar.finish_and_clear();
     let catalog_shown = if catalog_path.exists() {
@@ -637,9 +638,7 @@ fn find_root(home: &Path, abs: &Path, explicit: Option<&Path>) -> anyhow::Result
         return std::fs::canonicalize(r)
             .with_context(|| format!("cannot use --root {}", r.display()));
     }
-    let catalog_path = home.join(CATALOG_FILE);
-    if catalog_path.exists() {
-        let catalog = Catalog::open(&catalog_path)?;
+    if let Some(catalog) = Home::new(home).existing_catalog()? {
         let best = catalog
             .sources()?
             .into_iter()

@@ -14,8 +14,7 @@ use keepsake_common::keys::{KeyBundle, OrgKeys};
 use uuid::Uuid;
 
 use super::{build_matcher, RuleArgs};
-use crate::catalog::Catalog;
-use crate::home::{Home, SecretSource, CATALOG_FILE};
+use crate::home::{Home, SecretSource};
 use crate::pipeline::{BackupObserver, FileOutcome};
 use crate::restore::{self, RestoreOptions, RestoreProgress};
 use crate::sync::{self, EnrollOptions, SyncBackupOptions};
@@ -237,11 +236,9 @@ pub(crate) fn cmd_backup(
     let roots: Vec<PathBuf> = match &args.path {
         Some(p) => vec![p.clone()],
         None => {
-            let catalog_path = home.path(CATALOG_FILE);
-            if !catalog_path.exists() {
+            let Some(catalog) = home.existing_catalog()? else {
                 bail!("nothing to back up yet: give a folder, e.g. `keepsake backup ~/Pictures/Weddings`");
-            }
-            let catalog = Catalog::open(&catalog_path)?;
+            };
             let roots: Vec<PathBuf> = catalog.sources()?.into_iter().map(|s| s.root).collect();
             if roots.is_empty() {
                 bail!("nothing to back up yet: give a folder");

@@ -25,10 +25,10 @@ use chrono::{DateTime, Utc};
 use keepsake_common::api::{AgentPolicy, Heartbeat};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, Priority, WriterLock};
+use crate::catalog::Priority;
 use crate::client::RetryPolicy;
 use crate::exclude::{ExcludeConfig, Matcher, RuleList};
-use crate::home::{write_private, Home, CATALOG_FILE, LOCAL_EXCLUDE_FILE, LOCK_FILE};
+use crate::home::{write_private, Home, LOCAL_EXCLUDE_FILE};
 use crate::relpath::RelPath;
 use crate::scan::Entry;
 use crate::sync::{self, SyncBackupOptions, SyncError};
@@ -359,8 +359,7 @@ impl Daemon {
         home.public_keys().map_err(SyncError::from)?;
         let mut all: Vec<PathBuf> = Vec::new();
         {
-            let _w = WriterLock::acquire(&home.path(LOCK_FILE))?;
-            let mut catalog = Catalog::open(&home.path(CATALOG_FILE))?;
+            let mut catalog = home.catalog_writer()?;
             for r in roots {
                 let c = std::fs::canonicalize(&r)
                     .map_err(|e| DaemonError::Other(format!("{}: {e}", r.display())))?;
@@ -714,7 +713,9 @@ impl Daemon {
         self.state = "backing_up".into();
         self.write_status();
         let root = self.sources[i].root.clone();
-        let server_source = Catalog::open(&self.home.path(CATALOG_FILE))
+        let server_source = self
+            .home
+            .catalog()
             .ok()
             .and_then(|c| c.source_by_root(&root).ok().flatten())
             .and_then(|s| s.server_source_id);
@@ -837,7 +838,7 @@ impl Daemon {
     }
 
     fn refresh_pending(&mut self) {
-        let Ok(catalog) = Catalog::open(&self.home.path(CATALOG_FILE)) else {
+        let Ok(catalog) = self.home.catalog() else {
             return;
         };
         let by_root: HashMap<PathBuf, _> = catalog
@@ -941,8 +942,7 @@ fn release_freed_memory() {
 fn queue_locally(home: &Home, root: &Path, matcher: Arc<Matcher>) -> Result<(), SyncError> {
     let root = std::fs::canonicalize(root)
         .map_err(|e| SyncError::Other(format!("{}: {e}", root.display())))?;
-    let _lock = WriterLock::acquire(&home.path(LOCK_FILE))?;
-    let mut catalog = Catalog::open(&home.path(CATALOG_FILE))?;
+    let mut catalog = home.catalog_writer()?;
     let opts = crate::plan::PlanOptions {
         update_catalog: true,
         probe_readable: false,

@@ -12,6 +12,8 @@
 //! <home>/exclude         local exclusion rules (gitignore syntax)
 //! ```
 
+mod catalog;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,8 @@ use std::path::{Path, PathBuf};
 use keepsake_common::keys::{KeyBundle, OrgKeys, OrgPublicKeys, PaperKey};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+pub use catalog::{CatalogOpener, CatalogWriter};
 
 /// File name of the agent configuration.
 pub const CONFIG_FILE: &str = "agent.toml";

@@ -17,10 +17,10 @@ use keepsake_common::keys::{KeyBundle, OrgKeys, PaperKey};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::catalog::{Catalog, WriterLock};
+use crate::catalog::Catalog;
 use crate::client::{ApiClient, ClientError, CommitAnswer, RetryPolicy};
 use crate::exclude::Matcher;
-use crate::home::{AgentConfig, Home, HomeError, SecretSource, CATALOG_FILE, LOCK_FILE};
+use crate::home::{AgentConfig, CatalogOpener, Home, HomeError, SecretSource};
 use crate::pipeline::{backup_to_sink, BackupError, BackupObserver, BackupOptions, BackupReport};
 use crate::upload::{UploadSink, DEFAULT_PACK_BYTES};
 
@@ -348,9 +348,8 @@ pub fn backup(
     let keys = home.public_keys()?;
     let root = std::fs::canonicalize(root)
         .map_err(|e| SyncError::Other(format!("{}: {e}", root.display())))?;
-    let _lock = WriterLock::acquire(&home.path(LOCK_FILE))?;
-    let catalog_path = home.path(CATALOG_FILE);
-    let mut catalog = Catalog::open(&catalog_path)?;
+    let mut catalog = home.catalog_writer()?;
+    let catalog_opener = home.catalog_opener();
     let local = catalog.ensure_source(&root, None)?;
     let server_source = client.register_source(&root.to_string_lossy(), None)?;
     if local.server_source_id.as_deref() != Some(&server_source.id.to_string()) {
@@ -385,7 +384,7 @@ pub fn backup(
         let result = run_once(
             &client,
             &mut catalog,
-            &catalog_path,
+            &catalog_opener,
             &root,
             server_source.id,
             &keys,
@@ -422,7 +421,7 @@ pub fn backup(
 fn run_once(
     client: &Arc<ApiClient>,
     catalog: &mut Catalog,
-    catalog_path: &Path,
+    catalog_opener: &CatalogOpener,
     root: &Path,
     server_source: Uuid,
     keys: &keepsake_common::keys::OrgPublicKeys,
@@ -443,7 +442,7 @@ fn run_once(
         t(&mut bopts);
     }
     let sink = Arc::new(
-        UploadSink::new(client.clone(), catalog_path, opts.pack_bytes)
+        UploadSink::new(client.clone(), catalog_opener, opts.pack_bytes)
             .map(|s| {
                 s.with_rate_limit(opts.bandwidth_kbps.map(|k| u64::from(k) * 1000 / 8))
                     .with_verifier(opts.verifier.clone())

@@ -16,7 +16,6 @@
 pub mod verify;
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +28,7 @@ use keepsake_common::keys::OrgKeys;
 
 use crate::catalog::{BlobRef, Catalog};
 use crate::client::ApiClient;
+use crate::home::CatalogOpener;
 use crate::pipeline::{BlobSink, SinkError};
 
 /// Default pack size: blobs are uploaded in batches of about this many bytes.
@@ -77,15 +77,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl UploadSink {
-    /// A sink uploading through `client`, recording server-held blobs in the catalog at
-    /// `catalog_path` (its own connections: one for lookups, one for the uploader).
+    /// A sink uploading through `client`, recording server-held blobs in the catalog that
+    /// `catalog` opens (its own connections: one for lookups, one for the uploader).
     pub fn new(
         client: Arc<ApiClient>,
-        catalog_path: &Path,
+        catalog: &CatalogOpener,
         pack_bytes: usize,
     ) -> Result<UploadSink, SinkError> {
-        let open =
-            || Catalog::open(catalog_path).map_err(|e| SinkError::Other(format!("catalog: {e}")));
+        let open = || {
+            catalog
+                .open()
+                .map_err(|e| SinkError::Other(format!("catalog: {e}")))
+        };
         let known_db = open()?;
         let mut record_db = open()?;
         let stats = Arc::new(UploadStats::default());
