@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use keepsake_agent::backup::{
+    backup_to_sink, process_cpu_time, BackupOptions, BackupReport, NoBackupObserver,
+};
 use keepsake_agent::catalog::Catalog;
 use keepsake_agent::exclude::{ExcludeConfig, Matcher};
-use keepsake_agent::pipeline::{
-    backup_to_sink, process_cpu_time, BackupOptions, BackupReport, DiscardSink, NoBackupObserver,
-};
+use keepsake_agent::pipeline::DiscardSink;
 use keepsake_common::delta::DeltaHeader;
 use keepsake_common::keys::{OrgKeys, OrgPublicKeys};
 

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use keepsake_agent::catalog::{BlobRef, Catalog, CommitEntry, FileState};
+use keepsake_agent::detect::plan::{self, NoObserver, PlanOptions, PlanReport};
+use keepsake_agent::detect::scan::ScanOptions;
 use keepsake_agent::exclude::{ExcludeConfig, Matcher};
-use keepsake_agent::plan::{self, NoObserver, PlanOptions, PlanReport};
-use keepsake_agent::scan::ScanOptions;
 
 /// User + system CPU time of this process, in seconds.
 #[cfg(not(unix))]

@@ -17,19 +17,18 @@
 //! * [`units`] — byte sizes for people.
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod detect;
+pub mod enroll;
 pub mod exclude;
 pub mod home;
 pub mod pipeline;
-pub mod plan;
 pub mod recovery;
 pub mod relpath;
 pub mod restore;
-pub mod scan;
-pub mod sync;
 pub mod units;
 pub mod upload;
-pub mod watch;

@@ -15,9 +15,9 @@ use keepsake_agent::catalog::{
     latest_schema_version, now_ms, BlobRef, Catalog, CatalogError, CommitEntry, FileState,
     JobStatus, Migration, Priority, QueueReason, WriterLock, MIGRATIONS,
 };
-use keepsake_agent::plan::{Change, PlanObserver, PlanOptions};
+use keepsake_agent::detect::plan::{Change, PlanObserver, PlanOptions};
+use keepsake_agent::detect::scan::{Entry, EntryKind, ScanOptions};
 use keepsake_agent::relpath::RelPath;
-use keepsake_agent::scan::{Entry, EntryKind, ScanOptions};
 
 fn rel(s: &str) -> RelPath {
     RelPath::from_bytes(s.as_bytes().to_vec()).unwrap()
@@ -320,7 +320,7 @@ fn deletions_happen_only_when_a_scan_completes() {
     };
     let m = common::matcher(&root, common::no_defaults());
     let crashed = catch_unwind(AssertUnwindSafe(|| {
-        keepsake_agent::plan::run(
+        keepsake_agent::detect::plan::run(
             &mut cat,
             &root,
             m.clone(),

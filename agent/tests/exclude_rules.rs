@@ -7,11 +7,11 @@ use std::fs;
 use std::path::Path;
 
 use common::{matcher, mkdir, scan_all, write};
+use keepsake_agent::detect::scan::{ScanEvent, ScanOptions};
 use keepsake_agent::exclude::{
     ExcludeConfig, Matcher, RuleList, RuleSource, CACHEDIR_TAG_SIGNATURE,
 };
 use keepsake_agent::relpath::RelPath;
-use keepsake_agent::scan::{ScanEvent, ScanOptions};
 
 /// One row of a rule table: the path, whether it is a folder, the expected answer and the
 /// pattern that should have decided (None: no rule matched).

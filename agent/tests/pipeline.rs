@@ -9,15 +9,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keepsake_agent::backup::{backup_to_sink, BackupOptions, BackupReport, NoBackupObserver};
 use keepsake_agent::catalog::{Catalog, FileState, Priority};
+use keepsake_agent::detect::scan::{Entry, EntryKind};
 use keepsake_agent::exclude::{ExcludeConfig, Matcher};
 use keepsake_agent::pipeline::{
-    backup_to_sink, catalog_entries, BackupOptions, BackupReport, BlobSink, DeltaBuilder,
-    DeltaLimits, DiscardSink, FileOutcome, FileResult, FileTask, FramedFileSink, MemorySink,
-    NoBackupObserver, Pipeline, PipelineOptions,
+    catalog_entries, BlobSink, DeltaBuilder, DeltaLimits, DiscardSink, FileOutcome, FileResult,
+    FileTask, FramedFileSink, MemorySink, Pipeline, PipelineOptions,
 };
 use keepsake_agent::relpath::RelPath;
-use keepsake_agent::scan::{Entry, EntryKind};
 use keepsake_common::delta::{ChunkRef, DeltaHeader, DeltaReader, Entry as DeltaEntry};
 use keepsake_common::ids::{BlobId, ContentHash};
 use keepsake_common::keys::OrgKeys;

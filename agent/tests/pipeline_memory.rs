@@ -15,11 +15,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keepsake_agent::backup::{backup_to_sink, process_cpu_time, BackupOptions, NoBackupObserver};
 use keepsake_agent::catalog::{Catalog, Priority};
 use keepsake_agent::exclude::{ExcludeConfig, Matcher};
 use keepsake_agent::pipeline::{
-    backup_to_sink, process_cpu_time, BackupOptions, DiscardSink, FileOutcome, FileTask,
-    FramedFileSink, NoBackupObserver, Pipeline, PipelineOptions,
+    DiscardSink, FileOutcome, FileTask, FramedFileSink, Pipeline, PipelineOptions,
 };
 use keepsake_agent::relpath::RelPath;
 use keepsake_common::delta::DeltaHeader;

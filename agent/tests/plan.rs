@@ -7,7 +7,7 @@ use std::fs;
 
 use common::{commit_all, plan, write};
 use keepsake_agent::catalog::{Catalog, FileState};
-use keepsake_agent::plan::Tally;
+use keepsake_agent::detect::plan::Tally;
 
 fn t(files: u64, dirs: u64, bytes: u64) -> (u64, u64, u64) {
     (files, dirs, bytes)
@@ -116,9 +116,9 @@ fn plan_counts_before_and_after_edits() {
 
 #[test]
 fn a_file_excluded_then_included_again_is_unchanged_again() {
+    use keepsake_agent::detect::plan::{NoObserver, PlanOptions};
+    use keepsake_agent::detect::scan::ScanOptions;
     use keepsake_agent::exclude::{ExcludeConfig, RuleList};
-    use keepsake_agent::plan::{NoObserver, PlanOptions};
-    use keepsake_agent::scan::ScanOptions;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("src");
     write(&root, "a.mov", b"a");
@@ -139,7 +139,7 @@ fn a_file_excluded_then_included_again_is_unchanged_again() {
         ..PlanOptions::default()
     };
     let m = common::matcher(&root, config);
-    let r = keepsake_agent::plan::run(
+    let r = keepsake_agent::detect::plan::run(
         &mut cat,
         &root,
         m,

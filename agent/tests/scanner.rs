@@ -12,8 +12,8 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use common::{matcher, mkdir, scan_all, write};
+use keepsake_agent::detect::scan::{EntryKind, IssueKind, ScanEvent, ScanOptions, SkipReason};
 use keepsake_agent::exclude::ExcludeConfig;
-use keepsake_agent::scan::{EntryKind, IssueKind, ScanEvent, ScanOptions, SkipReason};
 
 fn no_defaults() -> ExcludeConfig {
     ExcludeConfig {
@@ -22,7 +22,7 @@ fn no_defaults() -> ExcludeConfig {
     }
 }
 
-fn entries(events: &[ScanEvent]) -> BTreeMap<Vec<u8>, keepsake_agent::scan::Entry> {
+fn entries(events: &[ScanEvent]) -> BTreeMap<Vec<u8>, keepsake_agent::detect::scan::Entry> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -235,7 +235,7 @@ fn pipes_are_recorded_sockets_skipped_and_neither_opened() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(pipe.kind, keepsake_agent::scan::EntryKind::Fifo);
+    assert_eq!(pipe.kind, keepsake_agent::detect::scan::EntryKind::Fifo);
     assert_eq!(pipe.mode & 0o170000, 0o010000);
 }
 
@@ -394,8 +394,10 @@ fn root_must_be_a_folder() {
     let t = tempfile::tempdir().unwrap();
     let f = write(t.path(), "file", b"x");
     let m = matcher(t.path(), no_defaults());
-    assert!(keepsake_agent::scan::Scanner::new(&f, m.clone(), ScanOptions::default()).is_err());
-    assert!(keepsake_agent::scan::Scanner::new(
+    assert!(
+        keepsake_agent::detect::scan::Scanner::new(&f, m.clone(), ScanOptions::default()).is_err()
+    );
+    assert!(keepsake_agent::detect::scan::Scanner::new(
         &t.path().join("missing"),
         m,
         ScanOptions::default()

@@ -188,6 +188,17 @@ fn follows_creates_modifies_renames_and_deletes_and_stops_cleanly() {
     wait_until("a heartbeat", Duration::from_secs(30), Some(&d), || {
         w.count("SELECT count(*) FROM agents WHERE last_heartbeat IS NOT NULL") == 1
     });
+    // The source was registered with the server once, not by every run.
+    let log = d.log();
+    assert!(
+        log.matches(" committed").count() >= 2,
+        "several runs committed:\n{log}"
+    );
+    assert_eq!(
+        log.matches("source registered with the server").count(),
+        1,
+        "the daemon registers its source once:\n{log}"
+    );
     let status = d.sigterm();
     assert!(
         status.success(),

@@ -263,7 +263,7 @@ fn full_recovery_onto_a_new_machine_with_progress_logs_and_validation() {
     // The validation itself, on the restored tree: a file altered after the restore, a file
     // removed and a stray file are all caught.
     let home = Home::new(&replacement.home);
-    let (_, client) = keepsake_agent::sync::client_for(&home).unwrap();
+    let (_, client) = keepsake_agent::client::connect(&home, None).unwrap();
     let key = home.public_keys().unwrap().chunk_id_key;
     let point = uuid_of(&st.point);
     let everything = vec![String::new()];
@@ -418,7 +418,7 @@ fn partial_single_file_point_in_time_names_and_drill() {
     // Names a Windows target cannot hold: the restore maps them (and says so), and the
     // validation finds them under their safe names.
     let home = Home::new(&laptop.home);
-    let (_, client) = keepsake_agent::sync::client_for(&home).unwrap();
+    let (_, client) = keepsake_agent::client::connect(&home, None).unwrap();
     let bundle =
         keepsake_common::keys::KeyBundle::from_json(&client.keys().unwrap().active.unwrap().bundle)
             .unwrap();

@@ -12,8 +12,9 @@ use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{BlobId, Catalog, CatalogError, Result, SourceId};
+use crate::detect::scan::{catalog_key, Entry, EntryKind};
+use crate::detect::Stat;
 use crate::relpath::RelPath;
-use crate::scan::{catalog_key, Entry, EntryKind};
 
 /// Backup state of a catalog row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -126,11 +127,16 @@ fn metadata_matches(
     target: Option<&[u8]>,
     e: &Entry,
 ) -> bool {
+    let seen = Stat {
+        size,
+        mtime_ns,
+        ctime_ns,
+        inode,
+        is_file: kind == EntryKind::File,
+        ..Stat::default()
+    };
     kind == e.kind
-        && size == e.size
-        && mtime_ns == e.mtime_ns
-        && ctime_ns == e.ctime_ns
-        && inode == e.inode
+        && seen.same_version(&e.stat())
         && (kind != EntryKind::Symlink || target == e.symlink_target.as_deref())
 }
 

@@ -48,6 +48,9 @@ pub struct RunArgs {
     /// Write logs to FILE instead of stderr.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Exclusion rules (with the organisation's rules and the home's `exclude` file).
+    #[command(flatten)]
+    pub rules: super::RuleArgs,
 }
 
 /// `keepsake status`.
@@ -74,6 +77,7 @@ pub(crate) fn cmd_run(home: &Path, args: RunArgs, out: &mut dyn Write) -> anyhow
         watch: !args.no_watch,
         bandwidth_kbps: args.bandwidth_kbps,
         drill_interval: (args.drill_interval > 0).then(|| Duration::from_secs(args.drill_interval)),
+        rules: args.rules.local(),
         ..DaemonOptions::default()
     };
     let mut d = Daemon::new(Home::new(home), args.paths, opts, stop)?;

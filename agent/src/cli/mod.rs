@@ -28,17 +28,16 @@ use serde::Serialize;
 use keepsake_common::delta::DeltaHeader;
 use keepsake_common::keys::{OrgKeys, OrgPublicKeys};
 
+use crate::backup::{backup_to_sink, BackupObserver, BackupOptions, BackupReport};
 use crate::catalog::Catalog;
-use crate::exclude::{Decision, ExcludeConfig, Matcher, RuleList, DEFAULT_MARKER_FILE};
-use crate::home::{Home, CATALOG_FILE, LOCAL_EXCLUDE_FILE};
-use crate::pipeline::{
-    backup_to_sink, BackupObserver, BackupOptions, BackupReport, DeltaLimits, FileOutcome,
-    FramedFileSink,
-};
-use crate::plan::{self, Change, PlanObserver, PlanOptions, PlanReport, PlanTotals, Tally};
+use crate::detect::plan::{self, Change, PlanObserver, PlanOptions, PlanReport, PlanTotals, Tally};
+use crate::detect::scan::{EntryKind, ScanOptions};
+use crate::exclude::{self, Decision, LocalRules, Matcher};
+use crate::home::{Home, CATALOG_FILE};
+use crate::pipeline::{DeltaLimits, FileOutcome, FramedFileSink};
 use crate::relpath::RelPath;
-use crate::scan::{EntryKind, ScanOptions};
 use crate::units::{format_bytes, parse_size};
+use keepsake_common::api::AgentPolicy;
 
 /// Exit code: the scan completed but some paths could not be read.
 pub const EXIT_PARTIAL: u8 = 3;
@@ -336,37 +335,37 @@ fn resolve_home(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
-pub(crate) fn build_matcher(root: &Path, home: &Path, rules: &RuleArgs) -> anyhow::Result<Matcher> {
-    let mut config = ExcludeConfig {
-        use_defaults: !rules.no_default_excludes,
-        ..ExcludeConfig::default()
-    };
-    let local_file = home.join(LOCAL_EXCLUDE_FILE);
-    let list = RuleList::from_file(&local_file)?;
-    if !list.patterns.is_empty() {
-        config.local.push(list);
-    }
-    if !rules.exclude.is_empty() {
-        config.local.push(RuleList {
-            origin: "--exclude".to_string(),
-            patterns: rules.exclude.clone(),
-        });
-    }
-    config.max_file_size = rules.max_file_size;
-    if !rules.markers.is_empty() {
-        config.marker_files = rules.markers.clone();
-    } else {
-        config.marker_files = vec![DEFAULT_MARKER_FILE.to_string()];
-    }
-    config.cachedir_tag = !rules.no_cachedir_tag;
-    let matcher = Matcher::new(root, &config);
-    for p in matcher.problems() {
-        if p.origin() == "--exclude" {
-            bail!("{p}");
+impl RuleArgs {
+    /// The flags as the exclusion builder takes them.
+    pub fn local(&self) -> LocalRules {
+        LocalRules {
+            exclude: self.exclude.clone(),
+            no_default_excludes: self.no_default_excludes,
+            max_file_size: self.max_file_size,
+            markers: self.markers.clone(),
+            no_cachedir_tag: self.no_cachedir_tag,
         }
-        tracing::warn!("{p}");
     }
-    Ok(matcher)
+}
+
+/// The matcher of `root` from the one exclusion builder, with the organisation's policy as last
+/// received (or `policy` when the command just fetched it).
+pub(crate) fn build_matcher(
+    root: &Path,
+    home: &Path,
+    rules: &RuleArgs,
+    policy: Option<&AgentPolicy>,
+) -> anyhow::Result<Matcher> {
+    let home = Home::new(home);
+    let cached;
+    let policy = match policy {
+        Some(p) => Some(p),
+        None => {
+            cached = home.cached_policy();
+            cached.as_ref()
+        }
+    };
+    Ok(exclude::matcher_for(&home, root, policy, &rules.local())?)
 }
 
 struct Progress {
@@ -433,7 +432,7 @@ fn cmd_scan(home: &Path, args: ScanArgs, out: &mut dyn Write) -> anyhow::Result<
     if !root.is_dir() {
         bail!("cannot scan {}: not a folder", root.display());
     }
-    let matcher = Arc::new(build_matcher(&root, home, &args.rules)?);
+    let matcher = Arc::new(build_matcher(&root, home, &args.rules, None)?);
     let home = Home::new(home);
     let catalog_path = home.path(CATALOG_FILE);
     let mut writer;
@@ -676,7 +675,7 @@ fn cmd_exclude_test(home: &Path, args: ExcludeTestArgs, out: &mut dyn Write) -> 
     let md = std::fs::symlink_metadata(&abs).ok();
     let is_dir = args.dir || md.as_ref().is_some_and(|m| m.is_dir());
     let size = md.as_ref().filter(|m| m.is_file()).map(|m| m.len());
-    let matcher = build_matcher(&root, home, &args.rules)?;
+    let matcher = build_matcher(&root, home, &args.rules, None)?;
     let decision = matcher.decide_with_size(&rel, is_dir, size);
     if args.json {
         serde_json::to_writer_pretty(
@@ -835,7 +834,7 @@ fn cmd_pack(home: &Path, args: PackArgs, out: &mut dyn Write) -> anyhow::Result<
             out_dir.display()
         );
     }
-    let matcher = Arc::new(build_matcher(&root, home, &args.rules)?);
+    let matcher = Arc::new(build_matcher(&root, home, &args.rules, None)?);
     let source = args
         .source
         .clone()

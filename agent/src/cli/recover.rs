@@ -14,10 +14,10 @@ use keepsake_common::api::RecoveryJobInfo;
 use keepsake_common::keys::{KeyBundle, OrgKeys};
 
 use super::remote::SecretArgs;
+use crate::client;
 use crate::client::ClientError;
 use crate::home::{Home, SecretSource};
 use crate::recovery::{self, phase, ExecuteOptions, JobProgress, RecoveryOutcome};
-use crate::sync;
 use crate::units::format_bytes;
 
 /// `keepsake recover`.
@@ -104,7 +104,7 @@ fn prompt_passphrase() -> anyhow::Result<String> {
 }
 
 fn unseal_from_server(home: &Home, secrets: &SecretSource) -> anyhow::Result<OrgKeys> {
-    let (_, client) = sync::client_for(home)?;
+    let (_, client) = client::connect(home, None)?;
     let active = client
         .keys()?
         .active
@@ -156,7 +156,7 @@ fn not_supported(e: &ClientError) -> bool {
 }
 
 fn cmd_list(home: &Home, args: &RecoverArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let (cfg, client) = sync::client_for(home)?;
+    let (cfg, client) = client::connect(home, None)?;
     // Users list recovery jobs; an agent may be refused (403): then the claim endpoint in its
     // "cannot decrypt" form marks this machine's jobs as waiting and shows the next one.
     let jobs: Vec<RecoveryJobInfo> = match client.recovery_jobs() {
@@ -318,7 +318,7 @@ pub(crate) fn cmd_recover(
     if args.list {
         return cmd_list(&home, &args, out);
     }
-    let (_, client) = sync::client_for(&home)?;
+    let (_, client) = client::connect(&home, None)?;
     // Unlock first: a wrong passphrase claims nothing and writes nothing.
     let keys = keys_for(&home, &secret_source(&args.secrets))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -382,9 +382,15 @@ pub(crate) fn cmd_drill(
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     let home = Home::new(home_dir);
-    let (cfg, client) = sync::client_for(&home)?;
+    let (cfg, client) = client::connect(&home, None)?;
     let keys = keys_for(&home, &secret_source(&args.secrets))?;
-    let o = recovery::drill(&client, &keys, cfg.agent_id, &home.path("tmp"), args.files)?;
+    let o = recovery::drill(
+        &client,
+        &keys,
+        cfg.agent_id,
+        &home.path(crate::home::TMP_DIR),
+        args.files,
+    )?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &o)?;
         writeln!(out)?;
@@ -416,7 +422,7 @@ pub(crate) fn cmd_unlock(
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     let home = Home::new(home_dir);
-    let (_, client) = sync::client_for(&home)?;
+    let (_, client) = client::connect(&home, None)?;
     let secrets = secret_source(&args.secrets);
     if !args.remember {
         unseal_from_server(&home, &secrets)?;

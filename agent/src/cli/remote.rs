@@ -14,10 +14,12 @@ use keepsake_common::keys::{KeyBundle, OrgKeys};
 use uuid::Uuid;
 
 use super::{build_matcher, RuleArgs};
+use crate::backup::{BackupObserver, Run, RunOptions};
+use crate::client;
+use crate::enroll::{self, EnrollOptions};
 use crate::home::{Home, SecretSource};
-use crate::pipeline::{BackupObserver, FileOutcome};
+use crate::pipeline::FileOutcome;
 use crate::restore::{self, RestoreOptions, RestoreProgress};
-use crate::sync::{self, EnrollOptions, SyncBackupOptions};
 use crate::units::format_bytes;
 
 /// Passphrase / paper-key options shared by the commands that unlock keys.
@@ -156,7 +158,7 @@ pub(crate) fn cmd_enroll(home: &Path, args: EnrollArgs, out: &mut dyn Write) -> 
         Some(n) => n,
         None => hostname_or_default(),
     };
-    let done = sync::enroll(
+    let done = enroll::enroll(
         &home,
         &EnrollOptions {
             server_urls: args.servers,
@@ -246,6 +248,14 @@ pub(crate) fn cmd_backup(
             roots
         }
     };
+    // The organisation's rules apply to this backup as to the daemon's.
+    let (_, client) = client::connect(&home, None)?;
+    let policy = client
+        .policy()
+        .context("cannot fetch the organisation's policy")?;
+    if let Err(e) = home.save_policy(&policy) {
+        tracing::warn!(error = %e, "cannot keep the policy in the home");
+    }
     let mut summaries = Vec::new();
     let mut failed = 0u64;
     for root in roots {
@@ -254,8 +264,8 @@ pub(crate) fn cmd_backup(
         if !root.is_dir() {
             bail!("cannot back up {}: not a folder", root.display());
         }
-        let matcher = Arc::new(build_matcher(&root, home_dir, &args.rules)?);
-        let mut opts = SyncBackupOptions::new(matcher);
+        let matcher = Arc::new(build_matcher(&root, home_dir, &args.rules, Some(&policy))?);
+        let mut opts = RunOptions::new(matcher);
         opts.wedding_critical = args.critical;
         opts.verifier = home.stored_secret_keys()?.map(Arc::new);
         let pb = bar(
@@ -264,7 +274,7 @@ pub(crate) fn cmd_backup(
             "{spinner} {pos} files backed up  {elapsed_precise}",
         );
         let mut obs = BarObserver { pb: pb.clone() };
-        let s = sync::backup(&home, &root, &opts, &mut obs)?;
+        let s = Run::new(&home, &root, opts).execute(&mut obs)?.main;
         pb.finish_and_clear();
         failed += s.files_failed;
         if !args.json {
@@ -344,7 +354,7 @@ fn resolve_point(
 }
 
 pub(crate) fn cmd_points(home: &Path, args: PointsArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let (cfg, client) = sync::client_for(&Home::new(home))?;
+    let (cfg, client) = client::connect(&Home::new(home), None)?;
     let points = client.points(None, args.mine.then_some(cfg.agent_id))?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &points)?;
@@ -376,7 +386,7 @@ pub(crate) fn cmd_points(home: &Path, args: PointsArgs, out: &mut dyn Write) -> 
 }
 
 pub(crate) fn cmd_ls(home: &Path, args: LsArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let (cfg, client) = sync::client_for(&Home::new(home))?;
+    let (cfg, client) = client::connect(&Home::new(home), None)?;
     let point = resolve_point(&client, cfg.agent_id, &args.point)?;
     let mut after: Option<String> = None;
     loop {
@@ -409,7 +419,7 @@ pub(crate) fn unlock_keys(home: &Home, secrets: &SecretSource) -> anyhow::Result
     if let Some(k) = home.stored_secret_keys()? {
         return Ok(k);
     }
-    let (_, client) = sync::client_for(home)?;
+    let (_, client) = client::connect(home, None)?;
     let active = client
         .keys()?
         .active
@@ -424,7 +434,7 @@ pub(crate) fn cmd_restore(
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     let home = Home::new(home_dir);
-    let (cfg, client) = sync::client_for(&home)?;
+    let (cfg, client) = client::connect(&home, None)?;
     let point = resolve_point(&client, cfg.agent_id, &args.point)?;
     let keys = unlock_keys(&home, &args.secrets.source())?;
     let mut opts = RestoreOptions::new(point, &args.to);
@@ -495,7 +505,7 @@ pub(crate) fn cmd_restore(
 }
 
 pub(crate) fn cmd_whoami(home: &Path, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let (cfg, client) = sync::client_for(&Home::new(home))?;
+    let (cfg, client) = client::connect(&Home::new(home), None)?;
     let who = client.whoami()?;
     writeln!(
         out,

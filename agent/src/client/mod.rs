@@ -119,6 +119,32 @@ fn jitter(d: Duration) -> Duration {
     d + d.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
+/// Why no client could be built for a home.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The home is not enrolled or its configuration is unreadable.
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
+    /// The configured server URLs or token are unusable.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// An API client for an enrolled home, with the home's configuration; `retry` replaces the
+/// default retry policy (the daemon gives up sooner and applies its own backoff, so it keeps
+/// scanning and reporting while the server is away).
+pub fn connect(
+    home: &crate::home::Home,
+    retry: Option<RetryPolicy>,
+) -> Result<(crate::home::AgentConfig, std::sync::Arc<ApiClient>), ConnectError> {
+    let cfg = home.config()?;
+    let mut client = ApiClient::new(cfg.server_urls.clone(), Some(cfg.token.clone()))?;
+    if let Some(r) = retry {
+        client = client.with_retry(r);
+    }
+    Ok((cfg, std::sync::Arc::new(client)))
+}
+
 impl ApiClient {
     /// A client for `urls` (tried in order; the first that answers is kept), authenticated with
     /// `token` when given.

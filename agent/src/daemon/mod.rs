@@ -1,6 +1,6 @@
 //! `keepsake run`: the long-running daemon.
 //!
-//! It watches every source ([`crate::watch`]), and when a source changed (or a scan is due) it
+//! It watches every source ([`crate::detect::watch`]), and when a source changed (or a scan is due) it
 //! runs a backup of that source through the sync protocol. Each run rescans the source against the
 //! catalog — cheap when little changed — so a missed notification only delays a change. Files
 //! that have not settled (modified within the settle window) are deferred to a later run, so a
@@ -25,19 +25,14 @@ use chrono::{DateTime, Utc};
 use keepsake_common::api::{AgentPolicy, Heartbeat};
 use serde::{Deserialize, Serialize};
 
+use crate::backup::{Classifier, NoBackupObserver, Run, RunError, RunOptions};
 use crate::catalog::Priority;
+use crate::client;
 use crate::client::RetryPolicy;
-use crate::exclude::{ExcludeConfig, Matcher, RuleList};
-use crate::home::{write_private, Home, LOCAL_EXCLUDE_FILE};
+use crate::detect::watch::{SourceWatcher, WatchEvent};
+use crate::exclude::{self, LocalRules};
+use crate::home::{write_private, Home, DAEMON_LOCK, STATUS_FILE, TMP_DIR};
 use crate::relpath::RelPath;
-use crate::scan::Entry;
-use crate::sync::{self, SyncBackupOptions, SyncError};
-use crate::watch::{SourceWatcher, WatchEvent};
-
-/// Lock file held by the running daemon.
-pub const DAEMON_LOCK: &str = "daemon.lock";
-/// Status file the daemon keeps current (read by `keepsake status`).
-pub const STATUS_FILE: &str = "status.json";
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +43,9 @@ pub enum DaemonError {
     /// Nothing to watch.
     #[error("no folder to back up: give one, e.g. `keepsake run ~/Pictures/Weddings`")]
     NoSources,
-    /// Setup failed.
+    /// The home is not enrolled or its keys are missing.
     #[error(transparent)]
-    Sync(#[from] SyncError),
+    Home(#[from] crate::home::HomeError),
     /// Catalog failure.
     #[error("catalog: {0}")]
     Catalog(#[from] crate::catalog::CatalogError),
@@ -85,6 +80,9 @@ pub struct DaemonOptions {
     pub bandwidth_kbps: Option<u32>,
     /// Longest wait between retries while offline.
     pub max_backoff: Duration,
+    /// Exclusion choices of the command line (`keepsake run --exclude …`), applied with the
+    /// organisation's rules and the home's local file.
+    pub rules: LocalRules,
 }
 
 impl Default for DaemonOptions {
@@ -100,6 +98,7 @@ impl Default for DaemonOptions {
             watch: true,
             bandwidth_kbps: None,
             max_backoff: Duration::from_secs(300),
+            rules: LocalRules::default(),
         }
     }
 }
@@ -181,74 +180,6 @@ struct SourceState {
     failures: u32,
     last_full_scan: Instant,
     status: SourceStatus,
-}
-
-/// Extensions of files that describe others (run after the originals of their class).
-const SIDECARS: &[&str] = &[
-    "xmp", "xml", "thm", "json", "txt", "aae", "lrv", "cos", "pp3", "dop",
-];
-
-fn extension_lower(rel: &RelPath) -> Option<String> {
-    let b = rel.as_bytes();
-    let name = b.rsplit(|c| *c == b'/').next()?;
-    let dot = name.iter().rposition(|c| *c == b'.')?;
-    std::str::from_utf8(&name[dot + 1..])
-        .ok()
-        .map(|s| s.to_ascii_lowercase())
-}
-
-fn rel_as_path(rel: &RelPath) -> PathBuf {
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        PathBuf::from(std::ffi::OsStr::from_bytes(rel.as_bytes()))
-    }
-    #[cfg(not(unix))]
-    {
-        PathBuf::from(rel.display().into_owned())
-    }
-}
-
-/// Matches wedding-critical path patterns (gitignore syntax, relative to the source root).
-fn critical_matcher(
-    policy: &AgentPolicy,
-    server_source: Option<&str>,
-) -> Option<Arc<ignore::gitignore::Gitignore>> {
-    let mut b = ignore::gitignore::GitignoreBuilder::new("");
-    let mut any = false;
-    for rule in policy.critical.iter().filter(|r| r.active) {
-        if let (Some(s), Some(mine)) = (rule.source_id, server_source) {
-            if s.to_string() != mine {
-                continue;
-            }
-        }
-        for p in &rule.path_patterns {
-            if b.add_line(None, p).is_ok() {
-                any = true;
-            }
-        }
-    }
-    if !any {
-        return None;
-    }
-    b.build().ok().map(Arc::new)
-}
-
-fn is_critical(g: &ignore::gitignore::Gitignore, rel: &RelPath) -> bool {
-    g.matched_path_or_any_parents(rel_as_path(rel), false)
-        .is_ignore()
-}
-
-/// The class of a file: sidecars go last (after the originals they describe, even in a
-/// wedding-critical folder), then wedding-critical originals first, then the rest.
-fn classify(critical: Option<&ignore::gitignore::Gitignore>, rel: &RelPath) -> Priority {
-    if extension_lower(rel).is_some_and(|x| SIDECARS.contains(&x.as_str())) {
-        Priority::Low
-    } else if critical.is_some_and(|g| is_critical(g, rel)) {
-        Priority::Critical
-    } else {
-        Priority::Normal
-    }
 }
 
 /// Policy and heartbeat requests: one quick try; the next interval tries again.
@@ -355,8 +286,8 @@ impl Daemon {
         stop: Arc<AtomicBool>,
     ) -> Result<Daemon, DaemonError> {
         let lock = lock_daemon(&home)?;
-        home.config().map_err(SyncError::from)?;
-        home.public_keys().map_err(SyncError::from)?;
+        home.config()?;
+        home.public_keys()?;
         let mut all: Vec<PathBuf> = Vec::new();
         {
             let mut catalog = home.catalog_writer()?;
@@ -574,7 +505,7 @@ impl Daemon {
     }
 
     fn refresh_policy(&mut self) {
-        let client = match sync::client_with_retry(&self.home, Some(QUICK)) {
+        let client = match client::connect(&self.home, Some(QUICK)) {
             Ok((_, c)) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot build the API client");
@@ -605,6 +536,9 @@ impl Daemon {
                         s.dirty = true;
                         s.next_run = Instant::now();
                     }
+                    if let Err(e) = self.home.save_policy(&p) {
+                        tracing::warn!(error = %e, "cannot keep the policy in the home");
+                    }
                     self.policy = Some(p);
                 }
                 // Recovery requests go before backup work (the runs due come after this).
@@ -622,7 +556,7 @@ impl Daemon {
         let Some(policy) = self.policy.clone() else {
             return;
         };
-        let Ok((_, client)) = sync::client_with_retry(&self.home, Some(BACKUP_RETRY)) else {
+        let Ok((_, client)) = client::connect(&self.home, Some(BACKUP_RETRY)) else {
             return;
         };
         let done = crate::recovery::daemon_tick(&self.home, &client, &policy, &self.stop);
@@ -650,10 +584,10 @@ impl Daemon {
                 return;
             }
         };
-        let Ok((cfg, client)) = sync::client_with_retry(&self.home, Some(BACKUP_RETRY)) else {
+        let Ok((cfg, client)) = client::connect(&self.home, Some(BACKUP_RETRY)) else {
             return;
         };
-        match crate::recovery::drill(&client, &keys, cfg.agent_id, &self.home.path("tmp"), 20) {
+        match crate::recovery::drill(&client, &keys, cfg.agent_id, &self.home.path(TMP_DIR), 20) {
             Ok(o) => tracing::info!(
                 files = o.files_restored,
                 passed = o.validation.passed(),
@@ -682,31 +616,6 @@ impl Daemon {
         }
     }
 
-    fn matcher_for(&self, root: &Path, server_source: Option<&str>) -> Matcher {
-        let mut cfg = ExcludeConfig::default();
-        if let Some(p) = &self.policy {
-            cfg.server = p
-                .exclusions
-                .iter()
-                .filter(|r| match (&r.source_id, server_source) {
-                    (None, _) => true,
-                    (Some(s), Some(mine)) => s.to_string() == mine,
-                    (Some(_), None) => false,
-                })
-                .map(|r| r.pattern.clone())
-                .collect();
-            if let Some(max) = p.vendor.as_ref().and_then(|v| v.max_file_size_bytes) {
-                cfg.max_file_size = Some(max);
-            }
-        }
-        if let Ok(list) = RuleList::from_file(&self.home.path(LOCAL_EXCLUDE_FILE)) {
-            if !list.patterns.is_empty() {
-                cfg.local.push(list);
-            }
-        }
-        Matcher::new(root, &cfg)
-    }
-
     /// Backs up source `i`: a wedding-critical pass (when rules apply), then everything settled.
     fn run_source(&mut self, i: usize) {
         self.sources[i].first_event = None;
@@ -719,75 +628,43 @@ impl Daemon {
             .ok()
             .and_then(|c| c.source_by_root(&root).ok().flatten())
             .and_then(|s| s.server_source_id);
-        let matcher = Arc::new(self.matcher_for(&root, server_source.as_deref()));
-        let critical = self
-            .policy
-            .as_ref()
-            .and_then(|p| critical_matcher(p, server_source.as_deref()));
-        let settle_ns = self.settle().as_nanos() as i64;
-        let bandwidth = self.bandwidth_kbps();
         let started = Instant::now();
-        let mut result: Result<(), SyncError> = Ok(());
+        let result =
+            exclude::matcher_for(&self.home, &root, self.policy.as_ref(), &self.opts.rules)
+                .map_err(RunError::from)
+                .and_then(|matcher| {
+                    let mut opts = RunOptions::new(Arc::new(matcher));
+                    opts.settle = Some(self.settle());
+                    opts.classifier = Some(Classifier::from_policy(
+                        self.policy.as_ref(),
+                        server_source.as_deref(),
+                    ));
+                    opts.bandwidth_kbps = self.bandwidth_kbps();
+                    opts.retry = Some(BACKUP_RETRY);
+                    opts.verifier = self.home.stored_secret_keys().ok().flatten().map(Arc::new);
+                    Run::new(&self.home, &root, opts).execute(&mut NoBackupObserver)
+                });
         let mut committed_any = false;
-        let passes: Vec<bool> = if critical.is_some() {
-            vec![true, false]
-        } else {
-            vec![false]
-        };
-        for critical_pass in passes {
-            let crit = critical.clone();
-            let cutoff = now_ns() - settle_ns;
-            let select_crit = crit.clone();
-            let select: crate::pipeline::SelectFn = Arc::new(move |e: &Entry| {
-                let settled = e.mtime_ns <= cutoff && e.ctime_ns <= cutoff;
-                let wanted =
-                    !critical_pass || select_crit.as_ref().is_some_and(|g| is_critical(g, &e.rel));
-                settled && wanted
-            });
-            let prio_crit = crit.clone();
-            let priority: crate::pipeline::PriorityFn =
-                Arc::new(move |rel: &RelPath| classify(prio_crit.as_deref(), rel));
-            let mut opts = SyncBackupOptions::new(matcher.clone());
-            opts.wedding_critical = critical_pass;
-            opts.bandwidth_kbps = bandwidth;
-            opts.retry = Some(BACKUP_RETRY);
-            opts.verifier = self.home.stored_secret_keys().ok().flatten().map(Arc::new);
-            opts.tune = Some(Box::new(move |b: &mut crate::pipeline::BackupOptions| {
-                b.select = Some(select.clone());
-                b.priority = Some(priority.clone());
-            }));
-            match sync::backup(
-                &self.home,
-                &root,
-                &opts,
-                &mut crate::pipeline::NoBackupObserver,
-            ) {
-                Ok(s) => {
-                    if !critical_pass {
-                        self.sources[i].dirty = s.files_deferred > 0;
-                        if s.files_deferred > 0 {
-                            // Come back when the deferred files may have settled.
-                            self.sources[i].next_run =
-                                Instant::now() + self.settle().max(Duration::from_secs(1));
-                        }
-                    }
-                    if let Some(c) = &s.committed {
-                        committed_any = true;
-                        self.sources[i].status.last_seq = Some(c.seq);
-                        tracing::info!(root = %root.display(), seq = c.seq, added = c.files_added,
-                            changed = c.files_changed, deleted = c.files_deleted,
-                            critical = critical_pass, "committed");
-                    }
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
+        if let Ok(run) = &result {
+            self.sources[i].dirty = run.main.files_deferred > 0;
+            if run.main.files_deferred > 0 {
+                // Come back when the deferred files may have settled.
+                self.sources[i].next_run =
+                    Instant::now() + self.settle().max(Duration::from_secs(1));
+            }
+            for (pass, critical) in [(run.critical.as_ref(), true), (Some(&run.main), false)] {
+                if let Some(c) = pass.and_then(|p| p.committed.as_ref()) {
+                    committed_any = true;
+                    self.sources[i].status.last_seq = Some(c.seq);
+                    tracing::info!(root = %root.display(), seq = c.seq, added = c.files_added,
+                        changed = c.files_changed, deleted = c.files_deleted,
+                        critical, "committed");
                 }
             }
         }
         let s = &mut self.sources[i];
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 s.failures = 0;
                 s.status.last_error = None;
                 if committed_any {
@@ -800,10 +677,7 @@ impl Daemon {
             }
             Err(e) => {
                 s.failures += 1;
-                let transient = match &e {
-                    SyncError::Client(c) => c.is_transient(),
-                    _ => false,
-                };
+                let transient = e.is_transient();
                 let base = if transient {
                     1u64 << s.failures.min(9)
                 } else {
@@ -827,7 +701,9 @@ impl Daemon {
                     // Keep the queue current while the server is away: the scan's changes go
                     // into the catalog (durably), so `status` and the heartbeat count them and
                     // a restart does not forget them.
-                    if let Err(e) = queue_locally(&self.home, &root, matcher.clone()) {
+                    if let Err(e) =
+                        queue_locally(&self.home, &root, self.policy.as_ref(), &self.opts.rules)
+                    {
                         tracing::warn!(error = %e, "cannot record the offline queue");
                     }
                 }
@@ -854,10 +730,8 @@ impl Daemon {
             if let Ok((n, b)) = catalog.pending_files(*id) {
                 s.status.pending_files = n;
                 s.status.pending_bytes = b;
-                let critical = self
-                    .policy
-                    .as_ref()
-                    .and_then(|p| critical_matcher(p, server_source.as_deref()));
+                let classifier =
+                    Classifier::from_policy(self.policy.as_ref(), server_source.as_deref());
                 let mut q = QueueByClass::default();
                 let add = |c: &mut ClassCount, size: u64| {
                     c.files += 1;
@@ -868,7 +742,7 @@ impl Daemon {
                         let Ok(rel) = RelPath::from_bytes(path.to_vec()) else {
                             return add(&mut q.originals, size);
                         };
-                        match classify(critical.as_deref(), &rel) {
+                        match classifier.classify(&rel) {
                             Priority::Critical => add(&mut q.critical, size),
                             Priority::Low => add(&mut q.sidecars, size),
                             _ => add(&mut q.originals, size),
@@ -906,7 +780,7 @@ impl Daemon {
 
     fn send_heartbeat(&mut self) {
         self.refresh_pending();
-        let Ok((_, client)) = sync::client_with_retry(&self.home, Some(QUICK)) else {
+        let Ok((_, client)) = client::connect(&self.home, Some(QUICK)) else {
             return;
         };
         let pending: u64 = self.sources.iter().map(|s| s.status.pending_files).sum();
@@ -939,24 +813,30 @@ fn release_freed_memory() {
 }
 
 /// Scans `root` into the catalog without uploading: changed files become pending work.
-fn queue_locally(home: &Home, root: &Path, matcher: Arc<Matcher>) -> Result<(), SyncError> {
+fn queue_locally(
+    home: &Home,
+    root: &Path,
+    policy: Option<&AgentPolicy>,
+    rules: &LocalRules,
+) -> Result<(), RunError> {
     let root = std::fs::canonicalize(root)
-        .map_err(|e| SyncError::Other(format!("{}: {e}", root.display())))?;
+        .map_err(|e| RunError::Other(format!("{}: {e}", root.display())))?;
+    let matcher = Arc::new(exclude::matcher_for(home, &root, policy, rules)?);
     let mut catalog = home.catalog_writer()?;
-    let opts = crate::plan::PlanOptions {
+    let opts = crate::detect::plan::PlanOptions {
         update_catalog: true,
         probe_readable: false,
         ..Default::default()
     };
-    crate::plan::run(
+    crate::detect::plan::run(
         &mut catalog,
         &root,
         matcher,
         Default::default(),
         &opts,
-        &mut crate::plan::NoObserver,
+        &mut crate::detect::plan::NoObserver,
     )
-    .map_err(|e| SyncError::Other(e.to_string()))?;
+    .map_err(|e| RunError::Other(e.to_string()))?;
     Ok(())
 }
 
@@ -983,7 +863,7 @@ mod tests {
     fn a_status_probe_never_stops_a_starting_daemon() {
         let dir = tempfile::tempdir().unwrap();
         let home = crate::home::Home::new(dir.path());
-        let path = home.path(super::DAEMON_LOCK);
+        let path = home.path(crate::home::DAEMON_LOCK);
         assert!(!super::daemon_running(&home));
         // A probe holds the lock for a moment while the daemon starts.
         let probe = super::try_lock_file(&path).unwrap().unwrap();

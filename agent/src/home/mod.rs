@@ -10,9 +10,14 @@
 //! <home>/catalog.db      the local catalog (see `catalog`)
 //! <home>/catalog.lock    held by the one process that writes the catalog
 //! <home>/exclude         local exclusion rules (gitignore syntax)
+//! <home>/daemon.lock     held by the running daemon
+//! <home>/status.json     the daemon's state, for `keepsake status`
+//! <home>/tmp/            scratch space of backups and drills
+//! <home>/policy.json     the organisation's policy as last received (see `policy`)
 //! ```
 
 mod catalog;
+mod policy;
 
 use std::fs;
 use std::io::Write;
@@ -23,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use catalog::{CatalogOpener, CatalogWriter};
+pub use policy::POLICY_FILE;
 
 /// File name of the agent configuration.
 pub const CONFIG_FILE: &str = "agent.toml";
@@ -36,6 +42,13 @@ pub const CATALOG_FILE: &str = "catalog.db";
 pub const LOCK_FILE: &str = "catalog.lock";
 /// Local exclusion rules (gitignore syntax).
 pub const LOCAL_EXCLUDE_FILE: &str = "exclude";
+/// Lock file held by the running daemon.
+pub const DAEMON_LOCK: &str = "daemon.lock";
+/// Status file the daemon keeps current (read by `keepsake status`).
+pub const STATUS_FILE: &str = "status.json";
+/// Scratch folder: a backup's delta parts, a drill's restored files (removed after use; what a
+/// killed process leaves there is never read again).
+pub const TMP_DIR: &str = "tmp";
 
 /// Errors of the home folder.
 #[derive(Debug, thiserror::Error)]

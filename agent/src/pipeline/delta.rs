@@ -29,8 +29,8 @@ use serde::Serialize;
 
 use super::FileResult;
 use crate::catalog::{BlobRef, CommitEntry};
+use crate::detect::scan::{catalog_key, Entry, EntryKind};
 use crate::relpath::RelPath;
-use crate::scan::{catalog_key, Entry, EntryKind};
 
 /// How big one part may get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

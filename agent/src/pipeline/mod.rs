@@ -7,8 +7,8 @@
 //! * [`DeltaBuilder`] writes the job's delta (upserts, deletions, links, folders) into part files
 //!   on disk, each a complete `keepsake_common::delta` stream, plus a commit journal from which
 //!   the catalog is updated once the server has committed the job.
-//! * [`backup_to_sink`] runs plan → pipeline → delta for one source root: what the sync client
-//!   calls, adding only the network, and what `keepsake pack` calls with a [`FramedFileSink`].
+//!
+//! The orchestration of a backup (plan → pipeline → delta → server) is `crate::backup`'s.
 //!
 //! # Threads
 //!
@@ -40,7 +40,6 @@
 //! and retried after a backoff (without blocking a reader) up to `max_attempts` times, then
 //! reported as [`FileErrorKind::Changing`] for the caller to requeue.
 
-mod backup;
 mod chunker;
 mod delta;
 mod queue;
@@ -68,13 +67,9 @@ use keepsake_common::path::{os_path_to_wire, PathError};
 use serde::Serialize;
 
 use crate::catalog::{BlobRef, CommitEntry, Priority};
+use crate::detect::scan::Entry;
 use crate::relpath::RelPath;
-use crate::scan::Entry;
 
-pub use backup::{
-    backup_to_sink, process_cpu_time, BackupError, BackupObserver, BackupOptions, BackupReport,
-    NoBackupObserver, PriorityFn, SelectFn,
-};
 pub use delta::{
     CommitJournal, DeltaBuildError, DeltaBuilder, DeltaLimits, DeltaOutput, DeltaPart,
     JournalBatches,

@@ -31,69 +31,11 @@ use keepsake_common::ids::{BlobId, ContentHash};
 use super::chunker::{chunk_with, ChunkStop, Window};
 use super::queue::SealJob;
 use super::{FileErrorKind, FileResult, FileTask, Shared};
+use crate::detect::Stat;
 
 /// Files of at most this many bytes are one chunk (the format's rule): read in one go into a
 /// buffer of their size, which goes to the sealers as it is.
 pub(crate) const SINGLE_CHUNK_MAX: usize = DEFAULT_CONFIG.min;
-
-/// What `fstat`/`lstat` said, as far as change detection goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stat {
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-    pub inode: u64,
-    pub mode: u32,
-    pub is_file: bool,
-}
-
-impl Stat {
-    fn same_version(&self, o: &Stat) -> bool {
-        self.size == o.size
-            && self.mtime_ns == o.mtime_ns
-            && self.ctime_ns == o.ctime_ns
-            && self.inode == o.inode
-            && self.is_file == o.is_file
-    }
-}
-
-fn ns(secs: i64, nsec: i64) -> i64 {
-    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
-}
-
-#[cfg(unix)]
-pub(crate) fn stat_of(md: &fs::Metadata) -> Stat {
-    use std::os::unix::fs::MetadataExt;
-    Stat {
-        size: md.size(),
-        mtime_ns: ns(md.mtime(), md.mtime_nsec()),
-        ctime_ns: ns(md.ctime(), md.ctime_nsec()),
-        inode: md.ino(),
-        mode: md.mode(),
-        is_file: md.file_type().is_file(),
-    }
-}
-
-#[cfg(not(unix))]
-pub(crate) fn stat_of(md: &fs::Metadata) -> Stat {
-    fn to_ns(t: io::Result<SystemTime>) -> i64 {
-        match t {
-            Ok(t) => match t.duration_since(UNIX_EPOCH) {
-                Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-                Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
-            },
-            Err(_) => 0,
-        }
-    }
-    Stat {
-        size: md.len(),
-        mtime_ns: to_ns(md.modified()),
-        ctime_ns: to_ns(md.created()),
-        inode: 0,
-        mode: 0,
-        is_file: md.file_type().is_file(),
-    }
-}
 
 fn now_ns() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
@@ -349,7 +291,7 @@ impl Shared {
             Err(e) => return open_failure(&e),
         };
         let before = match file.metadata() {
-            Ok(md) => stat_of(&md),
+            Ok(md) => Stat::of(&md),
             Err(e) => return failed(FileErrorKind::Io, &e, "cannot stat"),
         };
         if !before.is_file {
@@ -365,7 +307,7 @@ impl Shared {
         let small = before.size <= SINGLE_CHUNK_MAX as u64;
         let mut check = || -> Result<(), Stop> {
             match file.metadata() {
-                Ok(md) if stat_of(&md).same_version(&before) => Ok(()),
+                Ok(md) if Stat::of(&md).same_version(&before) => Ok(()),
                 Ok(_) => Err(Stop::Changed("changed while being read".into())),
                 Err(e) => Err(Stop::Io(e)),
             }
@@ -391,7 +333,7 @@ impl Shared {
             }
         };
         let after = match file.metadata() {
-            Ok(md) => stat_of(&md),
+            Ok(md) => Stat::of(&md),
             Err(e) => return failed(FileErrorKind::Io, &e, "cannot stat"),
         };
         drop(file);
@@ -412,7 +354,7 @@ impl Shared {
         }
         match fs::symlink_metadata(&task.path) {
             Ok(md) => {
-                if !stat_of(&md).same_version(&after) {
+                if !Stat::of(&md).same_version(&after) {
                     return Attempt::Retry {
                         why: "replaced while being read".into(),
                         not_before: None,

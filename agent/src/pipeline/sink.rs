@@ -60,7 +60,7 @@ pub enum SinkError {
 ///   memory stays bounded because its readers wait for the sealers. An error stops the whole
 ///   pipeline and is returned by `Pipeline::finish`.
 /// * A `FileResult` may be delivered before all its blobs have been emitted (they are sealed by
-///   other threads): call [`BlobSink::flush`] — `backup_to_sink` does — before committing a delta
+///   other threads): call [`BlobSink::flush`] — `crate::backup::backup_to_sink` does — before committing a delta
 ///   that references them.
 pub trait BlobSink: Send + Sync {
     /// Whether the blob is already on the server or was emitted in this run.

@@ -5,8 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use keepsake_agent::detect::scan::{ScanEvent, ScanOptions, ScanStats, Scanner};
 use keepsake_agent::exclude::{ExcludeConfig, Matcher};
-use keepsake_agent::scan::{ScanEvent, ScanOptions, ScanStats, Scanner};
 
 /// Writes `content` to `root/rel`, creating parent folders.
 pub fn write(root: &Path, rel: &str, content: &[u8]) -> PathBuf {
@@ -104,7 +104,7 @@ pub fn open_up(dir: &Path) {
 }
 
 use keepsake_agent::catalog::{BlobRef, Catalog, CommitEntry, FileState, SourceId};
-use keepsake_agent::plan::{self, NoObserver, PlanObserver, PlanOptions, PlanReport};
+use keepsake_agent::detect::plan::{self, NoObserver, PlanObserver, PlanOptions, PlanReport};
 
 /// Rule config without the built-in defaults.
 pub fn no_defaults() -> ExcludeConfig {

@@ -1,4 +1,6 @@
-//! [`backup_to_sink`]: one backup of a source root without network — plan, pipeline, delta.
+//! [`backup_to_sink`]: the local half of a backup of one source root — plan, pipeline, delta —
+//! with no network: what [`super::Run`] calls before it talks to the server, and what
+//! `keepsake pack` calls with a file sink.
 //!
 //! The plan (scan merged with the catalog) runs on the calling thread; every new or modified
 //! regular file it classifies is submitted to the [`Pipeline`] at once (the submit blocks while
@@ -7,7 +9,7 @@
 //! outcome is written to the delta as it arrives. Nothing is collected: the report holds
 //! counters and at most `max_listed_failures` failures.
 //!
-//! What is left to the caller (the sync client): starting the server job (its source id and
+//! What is left to the caller ([`super::Run`]): starting the server job (its source id and
 //! parent sequence go into the delta header), uploading what the sink emitted, sending the
 //! delta parts, committing, and then applying the commit journal to the catalog with
 //! `Catalog::record_commit` and the confirmed blobs with `Catalog::record_server_blobs`.
@@ -22,23 +24,18 @@ use keepsake_common::keys::OrgPublicKeys;
 use keepsake_common::mac::EntryMacKey;
 use serde::Serialize;
 
-use super::{
+use super::classify::{Classifier, Selection};
+use crate::catalog::{Catalog, Priority, SourceId};
+use crate::detect::plan::{
+    self, Change, PlanError, PlanObserver, PlanOptions, PlanReport, PlanTotals,
+};
+use crate::detect::scan::{Entry, EntryKind, ScanOptions};
+use crate::exclude::Matcher;
+use crate::pipeline::{
     BlobSink, DeltaBuildError, DeltaBuilder, DeltaLimits, DeltaOutput, FileError, FileErrorKind,
     FileOutcome, FileTask, Pipeline, PipelineError, PipelineOptions, PipelineStats, SinkError,
 };
-use crate::catalog::{Catalog, Priority, SourceId};
-use crate::exclude::Matcher;
-use crate::plan::{self, Change, PlanError, PlanObserver, PlanOptions, PlanReport, PlanTotals};
 use crate::relpath::RelPath;
-use crate::scan::{Entry, EntryKind, ScanOptions};
-
-/// Chooses a file's priority (e.g. wedding-critical folders first).
-pub type PriorityFn = Arc<dyn Fn(&RelPath) -> Priority + Send + Sync>;
-
-/// Decides whether a new or modified file is taken in this run. A deferred file is left
-/// uncommitted in the catalog, so the next run takes it: the daemon defers files that have not
-/// settled yet (modified within the settle window), and runs wedding-critical files first.
-pub type SelectFn = Arc<dyn Fn(&Entry) -> bool + Send + Sync>;
 
 /// Options of [`backup_to_sink`].
 #[derive(Clone)]
@@ -59,9 +56,10 @@ pub struct BackupOptions {
     /// Write the commit journal (needed to update the catalog after the commit).
     pub journal: bool,
     /// Priority of each file (default: all normal).
-    pub priority: Option<PriorityFn>,
-    /// Which new or modified files this run takes (default: all).
-    pub select: Option<SelectFn>,
+    pub priority: Option<Classifier>,
+    /// Which new or modified files this run takes (default: all). A deferred file is left
+    /// uncommitted in the catalog, so the next run takes it.
+    pub select: Selection,
     /// Failures listed in the report (all are counted).
     pub max_listed_failures: usize,
 }
@@ -83,7 +81,7 @@ impl BackupOptions {
             delta_limits: DeltaLimits::default(),
             journal: true,
             priority: None,
-            select: None,
+            select: Selection::default(),
             max_listed_failures: 1000,
         }
     }
@@ -271,8 +269,8 @@ struct Feeder<'a, 'b> {
     root: &'a Path,
     pipeline: &'a mut Pipeline,
     collector: &'a mut Collector<'b>,
-    priority: Option<PriorityFn>,
-    select: Option<SelectFn>,
+    priority: Option<&'a Classifier>,
+    select: &'a Selection,
     deferred: u64,
 }
 
@@ -289,14 +287,14 @@ impl PlanObserver for Feeder<'_, '_> {
             return;
         }
         match e.kind {
-            EntryKind::File if self.select.as_ref().is_some_and(|f| !f(e)) => {
+            EntryKind::File if !self.select.takes(e) => {
                 self.deferred += 1;
             }
             EntryKind::File => {
                 let prio = self
                     .priority
                     .as_ref()
-                    .map(|f| f(&e.rel))
+                    .map(|c| c.classify(&e.rel))
                     .unwrap_or(Priority::Normal);
                 let task = FileTask::from_entry(self.root, e, prio);
                 let collector = &mut *self.collector;
@@ -362,8 +360,8 @@ pub fn backup_to_sink(
             root,
             pipeline: &mut pipeline,
             collector: &mut collector,
-            priority: opts.priority.clone(),
-            select: opts.select.clone(),
+            priority: opts.priority.as_ref(),
+            select: &opts.select,
             deferred: 0,
         };
         let r = plan::run(

@@ -23,12 +23,12 @@ use crate::catalog::{
     Catalog, CatalogError, FileState, FileWrite, JobStatus, QueueReason, ScanBatch, ScanCompletion,
     ScanRow, ScanSession, SourceId,
 };
-use crate::exclude::Matcher;
-use crate::relpath::RelPath;
-use crate::scan::{
+use crate::detect::scan::{
     probe_readable, Entry, EntryKind, IssueKind, ScanError, ScanEvent, ScanIssue, ScanOptions,
     ScanStats, Scanner, SkippedEntry,
 };
+use crate::exclude::Matcher;
+use crate::relpath::RelPath;
 
 /// Counts and bytes of one change class.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
