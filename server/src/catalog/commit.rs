@@ -12,10 +12,10 @@
 
 use chrono::{DateTime, Utc};
 use keepsake_common::api::{CommitRequest, Committed};
-use keepsake_common::ids::BlobId;
+use keepsake_common::ids::{BlobId, DeltaDigest};
 use uuid::Uuid;
 
-use super::{job_of, stage::staged_digest, CatalogError, NO_CONTENT};
+use super::{job_of, stage::staged_digest, CatalogError, JobRow, NO_CONTENT};
 use crate::db::{self, Actor, Db};
 
 /// Most missing blob IDs listed in one commit refusal.
@@ -40,7 +40,15 @@ const EFF: &str = "eff AS (SELECT DISTINCT ON (path) * FROM job_delta_entries \
 const REP: &str = "rep AS (SELECT DISTINCT ON (content_hash) content_hash, size, chunk_count, part, ordinal \
                    FROM eff WHERE op = 'upsert' AND entry_kind = 'file' ORDER BY content_hash, part, ordinal)";
 
-/// Commits `job`: see the module documentation.
+/// Commits `job`: see the module documentation. The steps, in one transaction:
+/// 1. [`lock_running_job`]: a retry of a committed job answers the same result;
+/// 2. [`check_parts`]: every announced part is staged and the staged digest is what was sent;
+/// 3. [`missing_blobs`]: the machine holds a trusted copy of every referenced blob;
+/// 4. [`next_seq`]: the source's next sequence number (serialising commits per source);
+/// 5. [`record_contents`]: new file contents and their chunk lists, per machine;
+/// 6. [`apply_versions`]: live versions closed, new versions inserted;
+/// 7. [`tally`]: what changed and the live totals;
+/// 8. [`complete`]: the job, its manifest, checksum, recovery point and log; staging removed.
 pub async fn commit(
     db: &Db,
     org: Uuid,
@@ -51,19 +59,62 @@ pub async fn commit(
     let actor = Actor::Agent { org, agent };
     let mut client = db.client().await?;
     let tx = db::begin(&mut client, &actor).await?;
+    let j = match lock_running_job(&tx, job, agent).await? {
+        Locked::AlreadyCommitted(c) => return Ok(CommitOutcome::Committed(c)),
+        Locked::Running(j) => j,
+    };
+    let digest = check_parts(&tx, job, req).await?;
+    if let Some(missing) = missing_blobs(&tx, job, agent).await? {
+        return Ok(missing);
+    }
+    let seq = next_seq(&tx, job, j.source_id).await?;
+    record_contents(&tx, org, agent, job).await?;
+    apply_versions(&tx, &j, job, agent, seq).await?;
+    let totals = tally(&tx, j.source_id, seq).await?;
+    let ids = Ids { org, agent, job };
+    let point = complete(&tx, ids, &j, req, seq, &digest, &totals).await?;
+    tx.commit().await?;
+    Ok(CommitOutcome::Committed(Committed {
+        job_id: job,
+        seq,
+        recovery_point_id: point,
+        files_added: totals.added,
+        files_changed: totals.changed,
+        files_deleted: totals.deleted,
+        file_count: totals.file_count,
+        total_bytes: totals.total_bytes,
+    }))
+}
+
+type Tx<'a> = tokio_postgres::Transaction<'a>;
+
+#[derive(Clone, Copy)]
+struct Ids {
+    org: Uuid,
+    agent: Uuid,
+    job: Uuid,
+}
+
+enum Locked {
+    AlreadyCommitted(Committed),
+    Running(JobRow),
+}
+
+/// Step 1: the job, locked when it is running; a completed job answers its earlier result.
+async fn lock_running_job(tx: &Tx<'_>, job: Uuid, agent: Uuid) -> Result<Locked, CatalogError> {
     // An agent may lock only its in-flight jobs, so look first, then lock.
-    let j = job_of(&tx, job, agent, false).await?;
+    let j = job_of(tx, job, agent, false).await?;
     if j.status == "completed" {
         // A retry after the answer was lost: same result, nothing changes.
-        return Ok(CommitOutcome::Committed(committed_result(&tx, job).await?));
+        return Ok(Locked::AlreadyCommitted(committed_result(tx, job).await?));
     }
     let j = if j.status == "running" {
-        job_of(&tx, job, agent, true).await?
+        job_of(tx, job, agent, true).await?
     } else {
         j
     };
     if j.status == "completed" {
-        return Ok(CommitOutcome::Committed(committed_result(&tx, job).await?));
+        return Ok(Locked::AlreadyCommitted(committed_result(tx, job).await?));
     }
     if j.status != "running" {
         return Err(CatalogError::Conflict(format!(
@@ -71,6 +122,15 @@ pub async fn commit(
             j.status
         )));
     }
+    Ok(Locked::Running(j))
+}
+
+/// Step 2: every announced part is staged, and what was staged is what the agent sent.
+async fn check_parts(
+    tx: &Tx<'_>,
+    job: Uuid,
+    req: &CommitRequest,
+) -> Result<DeltaDigest, CatalogError> {
     let parts = tx
         .query_one(
             "SELECT count(DISTINCT part), coalesce(max(part), -1) FROM job_delta_entries WHERE backup_job_id = $1",
@@ -84,9 +144,9 @@ pub async fn commit(
             req.parts, n_parts, max_part
         )));
     }
-    super::touch(&tx, job).await?;
+    super::touch(tx, job).await?;
     // What was staged is what the agent sent, or nothing is committed.
-    let digest = staged_digest(&tx, job).await?;
+    let digest = staged_digest(tx, job).await?;
     if let Some(sent) = req.delta_digest {
         if sent != digest {
             return Err(CatalogError::Conflict(format!(
@@ -95,6 +155,15 @@ pub async fn commit(
             )));
         }
     }
+    Ok(digest)
+}
+
+/// Step 3: the blobs the delta references that this machine holds no trusted copy of.
+async fn missing_blobs(
+    tx: &Tx<'_>,
+    job: Uuid,
+    agent: Uuid,
+) -> Result<Option<CommitOutcome>, CatalogError> {
     let missing_rows = tx
         .query(
             "SELECT DISTINCT c.blob_id FROM job_delta_chunks c \
@@ -118,15 +187,18 @@ pub async fn commit(
                     .map(BlobId)
             })
             .collect();
-        return Ok(CommitOutcome::Missing { missing, truncated });
+        return Ok(Some(CommitOutcome::Missing { missing, truncated }));
     }
+    Ok(None)
+}
 
-    // The source's next sequence number (the row lock serialises commits per source).
+/// Step 4: the source's next sequence number (the row lock serialises commits per source).
+async fn next_seq(tx: &Tx<'_>, job: Uuid, source: Uuid) -> Result<i64, CatalogError> {
     let seq: i64 = tx
         .query_one(
             "UPDATE backup_sources SET last_committed_seq = last_committed_seq + 1, updated_at = now() \
              WHERE id = $1 RETURNING last_committed_seq",
-            &[&j.source_id],
+            &[&source],
         )
         .await?
         .get(0);
@@ -135,8 +207,16 @@ pub async fn commit(
         &[&job, &seq],
     )
     .await?;
+    Ok(seq)
+}
 
-    let src = j.source_id;
+/// Step 5: this machine's new file contents and their chunk lists.
+async fn record_contents(
+    tx: &Tx<'_>,
+    org: Uuid,
+    agent: Uuid,
+    job: Uuid,
+) -> Result<(), CatalogError> {
     tx.execute(
         "INSERT INTO file_contents (organization_id, content_hash, agent_id, size, chunk_count) \
          VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING",
@@ -170,6 +250,18 @@ pub async fn commit(
         &[&job, &org, &agent],
     )
     .await?;
+    Ok(())
+}
+
+/// Step 6: close the live versions the delta replaces or deletes, insert the new ones.
+async fn apply_versions(
+    tx: &Tx<'_>,
+    j: &JobRow,
+    job: Uuid,
+    agent: Uuid,
+    seq: i64,
+) -> Result<(), CatalogError> {
+    let src = j.source_id;
     // Close the live versions the delta replaces or deletes.
     tx.execute(
         &format!(
@@ -234,8 +326,21 @@ pub async fn commit(
         &[&job, &src, &agent, &seq],
     )
     .await?;
+    Ok(())
+}
 
-    // What changed, and the live totals (previous manifest plus this delta: O(delta), not O(tree)).
+/// What a commit changed and the live totals after it.
+struct Totals {
+    added: i64,
+    changed: i64,
+    deleted: i64,
+    file_count: i64,
+    total_bytes: i64,
+}
+
+/// Step 7: what changed, and the live totals (previous manifest plus this delta: O(delta), not
+/// O(tree)).
+async fn tally(tx: &Tx<'_>, src: Uuid, seq: i64) -> Result<Totals, CatalogError> {
     let c = tx
         .query_one(
             "SELECT count(*) FILTER (WHERE i.path IS NOT NULL AND c.path IS NULL), \
@@ -261,7 +366,35 @@ pub async fn commit(
     let (prev_files, prev_bytes): (i64, i64) = prev.map(|r| (r.get(0), r.get(1))).unwrap_or((0, 0));
     let file_count = (prev_files + d_files).max(0);
     let total_bytes = (prev_bytes + d_bytes).max(0);
+    Ok(Totals {
+        added,
+        changed,
+        deleted,
+        file_count,
+        total_bytes,
+    })
+}
 
+/// Step 8: the job completed with its counters, the manifest, the checksum record, the recovery
+/// point and the log line; the staging rows removed. Returns the recovery point.
+async fn complete(
+    tx: &Tx<'_>,
+    ids: Ids,
+    j: &JobRow,
+    req: &CommitRequest,
+    seq: i64,
+    digest: &DeltaDigest,
+    totals: &Totals,
+) -> Result<Uuid, CatalogError> {
+    let Ids { org, agent, job } = ids;
+    let src = j.source_id;
+    let Totals {
+        added,
+        changed,
+        deleted,
+        file_count,
+        total_bytes,
+    } = *totals;
     let entries: i64 = tx
         .query_one(
             "SELECT count(*) FROM job_delta_entries WHERE backup_job_id = $1",
@@ -412,23 +545,13 @@ pub async fn commit(
     )
     .await?;
     // Staging rows are not history: the server's own actor removes them.
-    db::set_identity(&tx, &Actor::System { org }).await?;
+    db::set_identity(tx, &Actor::System { org }).await?;
     tx.execute(
         "DELETE FROM job_delta_entries WHERE backup_job_id = $1",
         &[&job],
     )
     .await?;
-    tx.commit().await?;
-    Ok(CommitOutcome::Committed(Committed {
-        job_id: job,
-        seq,
-        recovery_point_id: point,
-        files_added: added,
-        files_changed: changed,
-        files_deleted: deleted,
-        file_count,
-        total_bytes,
-    }))
+    Ok(point)
 }
 
 /// The result of a job committed earlier.
