@@ -15,6 +15,13 @@
 //! <home>/tmp/            scratch space of backups and drills
 //! <home>/policy.json     the organisation's policy as last received (see `policy`)
 //! ```
+//!
+//! Crash behaviour: every file the home owns is written atomically (temp file, fsync, rename;
+//! [`write_private`]), so a crash leaves the old version or the new one, never a torn file. The
+//! catalog has its own transactions (see `catalog`) and is handed out by `catalog`'s
+//! [`Home::catalog_writer`] with its lock. `agent.toml` is written as soon as enrolment gets the
+//! agent token and the keys last, so a crash in between leaves an enrolled home without keys,
+//! which `keepsake enroll` finishes (see `crate::enroll`).
 
 mod catalog;
 mod policy;

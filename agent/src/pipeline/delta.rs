@@ -3,6 +3,10 @@
 //! `max_entries` entries and `max_bytes` bytes, so the server can receive and stage parts one at
 //! a time and neither side holds a delta in memory. A part always holds at least one entry (an
 //! entry larger than `max_bytes` gets a part of its own); a job with no change has no part.
+//!
+//! Crash behaviour: the parts and the journal live in the run's work folder and are only read by
+//! the same run; a killed run leaves them behind, unread (the next run writes a new folder and
+//! starts a new server job). Nothing in the catalog changes until the server has committed.
 //! Every entry is sealed with the organisation's entry MAC as it is written, and a digest of all
 //! entries in order ([`DeltaOutput::digest`]) goes with the commit so the server can prove it
 //! staged exactly what was sent. The part files are scratch: a crash loses them and the next run

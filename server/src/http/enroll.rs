@@ -1,4 +1,10 @@
 //! Enrolment: a machine exchanges a single-use enrolment token for its own agent token.
+//!
+//! Crash behaviour: spending the token and creating the agent (with its token hash) are one
+//! transaction, so a crash or a refusal (name taken, token used) leaves the token unspent and no
+//! agent; after the commit the agent exists even if the answer never reaches the machine (its
+//! owner then issues a new token; the half-enrolled machine is listed and can be revoked). The
+//! agent side finishes a half-done enrolment (keys not yet set up) with the agent token it saved.
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;

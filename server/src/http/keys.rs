@@ -1,5 +1,9 @@
 //! The organisation's data key: public recipient plus the sealed key bundle. The server never
 //! holds a key that opens file contents; it stores what the first machine generated and sealed.
+//!
+//! Crash behaviour: a registration is one transaction, so a crash leaves no key or the whole
+//! record; when two first machines register at the same moment, one insert wins and the other
+//! gets `key_exists` (nothing is overwritten) and unlocks the winner's bundle instead.
 
 use axum::extract::State;
 use axum::http::StatusCode;
