@@ -36,7 +36,7 @@ pub enum SinkError {
     /// The sink no longer accepts blobs (closed, or its uploader failed).
     #[error("the blob sink is closed: {0}")]
     Closed(String),
-    /// Anything else (for sinks written elsewhere, e.g. the sync client).
+    /// Anything else (for sinks written elsewhere, e.g. the upload sink).
     #[error("{0}")]
     Other(String),
 }
