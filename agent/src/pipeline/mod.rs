@@ -42,384 +42,41 @@
 
 mod chunker;
 mod delta;
+mod options;
 mod queue;
 mod read;
 mod seal;
 mod sink;
+mod task;
 
 use std::collections::HashSet;
 use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keepsake_common::compress::{CompressPolicy, Decision, DEFAULT_POLICY};
-use keepsake_common::crypto::CryptoError;
-use keepsake_common::delta::{ChunkRef, Entry as DeltaEntry};
+use keepsake_common::compress::Decision;
+use keepsake_common::delta::ChunkRef;
 use keepsake_common::ids::{BlobId, ChunkIdKey, ContentHash, ContentHasher};
-use keepsake_common::keys::{AgeRecipient, KeyError, OrgPublicKeys};
-use keepsake_common::mac::EntryMacKey;
-use keepsake_common::path::{os_path_to_wire, PathError};
-use serde::Serialize;
-
-use crate::catalog::{BlobRef, CommitEntry, Priority};
-use crate::detect::scan::Entry;
-use crate::relpath::RelPath;
+use keepsake_common::keys::{AgeRecipient, OrgPublicKeys};
 
 pub use delta::{
     CommitJournal, DeltaBuildError, DeltaBuilder, DeltaLimits, DeltaOutput, DeltaPart,
     JournalBatches,
+};
+use options::cpus;
+pub use options::{
+    PipelineError, PipelineOptions, PipelineStats, StageTimes, ThreadHook, ThreadRole,
 };
 pub use seal::seal_with_id;
 pub use sink::{
     BlobSink, CompactIdSet, DiscardSink, FramedFileSink, MemorySink, PackFile, SinkError,
     DEFAULT_PACK_TARGET,
 };
-
-/// One file to back up: where it is and what the scan saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileTask {
-    /// Path relative to the source root (the delta's and the catalog's name for it).
-    pub rel: RelPath,
-    /// Where to read it.
-    pub path: PathBuf,
-    /// Size the scan saw.
-    pub size: u64,
-    /// mtime the scan saw (ns).
-    pub mtime_ns: i64,
-    /// ctime the scan saw (ns).
-    pub ctime_ns: i64,
-    /// Inode the scan saw.
-    pub inode: u64,
-    /// Mode the scan saw.
-    pub mode: u32,
-    /// (device, inode) when the scan saw more than one name for the inode (a hard link).
-    pub hard_link: Option<(u64, u64)>,
-    /// Work order: critical files are read first.
-    pub priority: Priority,
-}
-
-impl FileTask {
-    /// The task for a scanned regular file under `root`.
-    pub fn from_entry(root: &Path, e: &Entry, priority: Priority) -> FileTask {
-        FileTask {
-            rel: e.rel.clone(),
-            path: e.rel.under(root),
-            size: e.size,
-            mtime_ns: e.mtime_ns,
-            ctime_ns: e.ctime_ns,
-            inode: e.inode,
-            mode: e.mode,
-            hard_link: (e.nlink > 1).then_some((e.device, e.inode)),
-            priority,
-        }
-    }
-}
-
-/// A file read completely and consistently.
-///
-/// The metadata is what `fstat` said while the content was read (identical before and after),
-/// which may be newer than what the scan saw: `Catalog::record_commit` then keeps the row
-/// pending, so the next scan looks at it again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FileResult {
-    /// Path relative to the source root.
-    pub rel: RelPath,
-    /// Size in bytes (the sum of the chunk lengths).
-    pub size: u64,
-    /// mtime (ns).
-    pub mtime_ns: i64,
-    /// ctime (ns).
-    pub ctime_ns: i64,
-    /// Inode.
-    pub inode: u64,
-    /// Unix mode (type and permission bits).
-    pub mode: u32,
-    /// (device, inode) of a file with more than one name (see [`FileTask::hard_link`]).
-    pub hard_link: Option<(u64, u64)>,
-    /// Keyed hash of the whole content.
-    pub content_hash: ContentHash,
-    /// The chunks in order.
-    pub chunks: Vec<ChunkRef>,
-    /// Attempts it took (1 unless the file changed while being read).
-    pub attempts: u32,
-}
-
-impl FileResult {
-    /// The catalog key (the relative path's bytes).
-    pub fn key(&self) -> Vec<u8> {
-        self.rel.as_bytes().to_vec()
-    }
-
-    /// The blob list in the catalog's form.
-    pub fn blob_refs(&self) -> Vec<BlobRef> {
-        self.chunks
-            .iter()
-            .map(|c| BlobRef {
-                id: c.id.0,
-                len: u64::from(c.len),
-            })
-            .collect()
-    }
-
-    /// The delta's upsert entry (the path in wire form; non-UTF-8 names carry `raw_path`); its
-    /// hard-link group is computed with `key`, and its MAC is set when the delta is written.
-    pub fn delta_entry(&self, key: &EntryMacKey) -> Result<DeltaEntry, PathError> {
-        let (path, raw_path) = os_path_to_wire(&self.rel.to_path())?;
-        Ok(DeltaEntry::Upsert {
-            path,
-            raw_path,
-            size: self.size,
-            mtime_ns: self.mtime_ns,
-            mode: self.mode,
-            content_hash: self.content_hash,
-            chunks: self.chunks.clone(),
-            link: self.hard_link.map(|(dev, ino)| key.link_group(dev, ino)),
-            mac: None,
-        })
-    }
-
-    /// What `Catalog::record_commit` needs once the delta holding this result is committed.
-    pub fn commit_entry(&self) -> CommitEntry {
-        CommitEntry::Version {
-            key: self.key(),
-            size: self.size,
-            mtime_ns: self.mtime_ns,
-            ctime_ns: self.ctime_ns,
-            inode: self.inode,
-            content_hash: Some(self.content_hash.0),
-            blobs: self.blob_refs(),
-        }
-    }
-}
-
-/// The catalog entries of committed results (see [`FileResult::commit_entry`]). For a whole
-/// job, stream them from the [`CommitJournal`] instead of collecting results.
-pub fn catalog_entries(results: &[FileResult]) -> Vec<CommitEntry> {
-    results.iter().map(FileResult::commit_entry).collect()
-}
-
-/// Why a file was not backed up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FileErrorKind {
-    /// Deleted before or while it was read.
-    Vanished,
-    /// Permission denied.
-    Unreadable,
-    /// No longer a regular file (replaced by a folder, a link, a fifo…).
-    NotAFile,
-    /// Kept changing over every attempt: requeue it for later.
-    Changing,
-    /// Another I/O error (e.g. a failing disk).
-    Io,
-    /// The pipeline stopped (cancelled or a fatal error) before the file was done.
-    Aborted,
-}
-
-/// A file that could not be backed up (never fatal for the run).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FileError {
-    /// Path relative to the source root.
-    pub rel: RelPath,
-    /// What went wrong.
-    pub kind: FileErrorKind,
-    /// Details for people.
-    pub message: String,
-    /// The OS error number, if any.
-    pub os_error: Option<i32>,
-    /// Attempts made.
-    pub attempts: u32,
-}
-
-/// The outcome of one file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum FileOutcome {
-    /// Read and chunked.
-    Done(FileResult),
-    /// Not backed up.
-    Failed(FileError),
-}
-
-impl FileOutcome {
-    /// The file's relative path.
-    pub fn rel(&self) -> &RelPath {
-        match self {
-            FileOutcome::Done(r) => &r.rel,
-            FileOutcome::Failed(e) => &e.rel,
-        }
-    }
-}
-
-/// Which kind of pipeline thread is starting (for [`PipelineOptions::on_thread_start`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ThreadRole {
-    /// Reads, chunks and hashes files.
-    Reader,
-    /// Seals chunks and emits blobs.
-    Sealer,
-}
-
-/// A hook run at the start of every pipeline thread.
-pub type ThreadHook = Arc<dyn Fn(ThreadRole) + Send + Sync>;
-
-/// Tunables of a [`Pipeline`].
-#[derive(Clone)]
-pub struct PipelineOptions {
-    /// Reader threads (0: one per CPU).
-    pub readers: usize,
-    /// Sealer threads (0: one per CPU).
-    pub sealers: usize,
-    /// Most plaintext bytes of chunks queued for or being sealed (and until the sink took the
-    /// blob).
-    pub memory_budget: usize,
-    /// Most chunks waiting for a sealer (bounds the per-chunk overhead of tiny files).
-    pub max_queued_chunks: usize,
-    /// Most files submitted whose outcome has not been delivered yet.
-    pub max_outstanding_files: usize,
-    /// Attempts per file before it is reported as [`FileErrorKind::Changing`].
-    pub max_attempts: u32,
-    /// Wait before the first retry of a file that changed; doubled for each further one.
-    pub retry_backoff: Duration,
-    /// A file whose ctime (or past mtime) is less than this before the start of its read is
-    /// read again once it has passed (timestamps are coarse: a clock tick on Linux file
-    /// systems, 2 s on FAT). Zero disables the check.
-    pub racy_window: Duration,
-    /// `fstat` a big file again every this many bytes read, to abandon it early if it changes.
-    pub restat_every: u64,
-    /// Blob IDs sealed recently that are remembered to avoid sealing a chunk twice in a run
-    /// when the sink does not know it yet.
-    pub dedup_window: usize,
-    /// Compression decision.
-    pub compress: CompressPolicy,
-    /// Set to `true` to stop: files not done are reported as aborted and `finish` returns
-    /// [`PipelineError::Cancelled`].
-    pub cancel: Option<Arc<AtomicBool>>,
-    /// Run at the start of each pipeline thread (e.g. to lower its CPU or I/O priority).
-    pub on_thread_start: Option<ThreadHook>,
-}
-
-impl std::fmt::Debug for PipelineOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipelineOptions")
-            .field("readers", &self.readers)
-            .field("sealers", &self.sealers)
-            .field("memory_budget", &self.memory_budget)
-            .field("max_queued_chunks", &self.max_queued_chunks)
-            .field("max_outstanding_files", &self.max_outstanding_files)
-            .field("max_attempts", &self.max_attempts)
-            .field("retry_backoff", &self.retry_backoff)
-            .field("racy_window", &self.racy_window)
-            .field("restat_every", &self.restat_every)
-            .field("dedup_window", &self.dedup_window)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for PipelineOptions {
-    fn default() -> Self {
-        PipelineOptions {
-            readers: 0,
-            sealers: 0,
-            memory_budget: 32 * 1024 * 1024,
-            max_queued_chunks: 1024,
-            max_outstanding_files: 1024,
-            max_attempts: 4,
-            retry_backoff: Duration::from_millis(200),
-            racy_window: Duration::from_secs(2),
-            restat_every: 256 * 1024 * 1024,
-            dedup_window: 1 << 16,
-            compress: DEFAULT_POLICY,
-            cancel: None,
-            on_thread_start: None,
-        }
-    }
-}
-
-fn cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-}
-
-/// Errors that stop the whole pipeline (per-file problems are [`FileError`]s).
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    /// The keys cannot seal (no current recipient).
-    #[error("keys: {0}")]
-    Keys(#[from] KeyError),
-    /// Sealing failed.
-    #[error("sealing a blob failed: {0}")]
-    Seal(#[from] CryptoError),
-    /// The sink refused a blob.
-    #[error("the blob sink failed: {0}")]
-    Sink(#[from] SinkError),
-    /// Reading a stream given to [`Pipeline::chunk_stream`] failed.
-    #[error("reading the stream failed: {0}")]
-    Stream(std::io::Error),
-    /// Threads could not be started.
-    #[error("cannot start a pipeline thread: {0}")]
-    Spawn(std::io::Error),
-    /// Cancelled through [`PipelineOptions::cancel`] or [`Pipeline::abort`].
-    #[error("the backup was cancelled")]
-    Cancelled,
-    /// A pipeline thread panicked (a bug).
-    #[error("a pipeline thread failed: {0}")]
-    Panicked(String),
-}
-
-/// Counters of a run (a snapshot; see [`Pipeline::stats`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct PipelineStats {
-    /// Files read completely.
-    pub files_done: u64,
-    /// Files not backed up.
-    pub files_failed: u64,
-    /// Attempts repeated because a file changed while being read.
-    pub retries: u64,
-    /// Bytes read from files and streams (all attempts).
-    pub bytes_read: u64,
-    /// Chunks produced (all attempts).
-    pub chunks: u64,
-    /// Chunks the sink already knew (not sealed).
-    pub chunks_known: u64,
-    /// Chunks sealed earlier in this run (not sealed again).
-    pub chunks_deduped: u64,
-    /// Blobs sealed and handed to the sink.
-    pub blobs_emitted: u64,
-    /// Of which compressed.
-    pub blobs_compressed: u64,
-    /// Plaintext bytes of the blobs emitted.
-    pub plain_bytes_emitted: u64,
-    /// Ciphertext bytes emitted ("new bytes").
-    pub cipher_bytes_emitted: u64,
-    /// Highest plaintext bytes queued for or being sealed at once.
-    pub peak_queued_bytes: u64,
-    /// Time per stage, summed over threads.
-    pub stages: StageTimes,
-}
-
-/// Time spent per stage, summed over all threads (nanoseconds).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct StageTimes {
-    /// In `read` calls (I/O or page-cache copies).
-    pub read_ns: u64,
-    /// Cutting chunks (FastCDC or pages), opening and `stat`ing files.
-    pub chunk_ns: u64,
-    /// Content hash and blob IDs.
-    pub hash_ns: u64,
-    /// Readers waiting for room in the memory budget (the sealers are the bottleneck).
-    pub budget_wait_ns: u64,
-    /// Compressing, encrypting and hashing ciphertext.
-    pub seal_ns: u64,
-    /// In `BlobSink::emit` (writing, or waiting for an upload).
-    pub emit_ns: u64,
-}
+pub use task::{catalog_entries, FileError, FileErrorKind, FileOutcome, FileResult, FileTask};
 
 #[derive(Default)]
 struct Counters {
