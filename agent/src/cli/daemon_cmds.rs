@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use super::output;
 use crate::catalog::FileState;
 use crate::daemon::{self, Daemon, DaemonOptions};
 use crate::home::Home;
@@ -186,8 +187,7 @@ pub(crate) fn cmd_status(
     if let Some(p) = &args.path {
         let r = path_report(&home, p)?;
         if args.json {
-            serde_json::to_writer_pretty(&mut *out, &r)?;
-            writeln!(out)?;
+            output::json(out, &r)?;
         } else if r.safe_to_format {
             writeln!(
                 out,
@@ -214,11 +214,10 @@ pub(crate) fn cmd_status(
     }
     let (status, running) = daemon::read_status(&home);
     if args.json {
-        serde_json::to_writer_pretty(
-            &mut *out,
+        output::json(
+            out,
             &serde_json::json!({"daemon_running": running, "status": status}),
         )?;
-        writeln!(out)?;
         return Ok(0);
     }
     match status {

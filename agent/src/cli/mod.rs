@@ -10,19 +10,20 @@
 //! paths could not be read (listed in the output).
 
 mod daemon_cmds;
+mod output;
+mod progress;
 mod recover;
 mod remote;
 
 use std::ffi::OsString;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use keepsake_common::delta::DeltaHeader;
@@ -414,18 +415,6 @@ impl PlanObserver for Lister<'_> {
     }
 }
 
-fn progress_bar(hidden: bool) -> ProgressBar {
-    if hidden || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed} {msg}") {
-        bar.set_style(style);
-    }
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
-}
-
 fn cmd_scan(home: &Path, args: ScanArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
     let root = std::fs::canonicalize(&args.path)
         .with_context(|| format!("cannot scan {}", args.path.display()))?;
@@ -463,7 +452,7 @@ fn cmd_scan(home: &Path, args: ScanArgs, out: &mut dyn Write) -> anyhow::Result<
         cross_filesystems: args.cross_filesystems,
         ..ScanOptions::default()
     };
-    let bar = progress_bar(args.json);
+    let bar = progress::bar(args.json, &progress::Look::SPINNER);
     let progress = Progress { bar: bar.clone() };
     let report = if args.list {
         let mut lister = Lister {
@@ -487,14 +476,13 @@ fn cmd_scan(home: &Path, args: ScanArgs, out: &mut dyn Write) -> anyhow::Result<
         None
     };
     if args.json {
-        serde_json::to_writer_pretty(
-            &mut *out,
+        output::json(
+            out,
             &ScanJson {
                 report: &report,
                 catalog: catalog_shown,
             },
         )?;
-        writeln!(out)?;
     } else {
         print_scan(out, &report, catalog_shown)?;
     }
@@ -577,13 +565,7 @@ fn print_scan(out: &mut dyn Write, r: &PlanReport, catalog: Option<&Path>) -> st
         for i in &r.issues {
             writeln!(out, "  {}: {}", i.rel, i.message)?;
         }
-        if (r.issues.len() as u64) < t.scan.issues {
-            writeln!(
-                out,
-                "  … and {} more",
-                t.scan.issues - r.issues.len() as u64
-            )?;
-        }
+        output::and_more(out, "  ", r.issues.len(), t.scan.issues)?;
     } else {
         writeln!(out, "Errors:   none")?;
     }
@@ -678,8 +660,8 @@ fn cmd_exclude_test(home: &Path, args: ExcludeTestArgs, out: &mut dyn Write) -> 
     let matcher = build_matcher(&root, home, &args.rules, None)?;
     let decision = matcher.decide_with_size(&rel, is_dir, size);
     if args.json {
-        serde_json::to_writer_pretty(
-            &mut *out,
+        output::json(
+            out,
             &ExcludeJson {
                 path: &rel,
                 root: &root,
@@ -688,7 +670,6 @@ fn cmd_exclude_test(home: &Path, args: ExcludeTestArgs, out: &mut dyn Write) -> 
                 decision: &decision,
             },
         )?;
-        writeln!(out)?;
         return Ok(0);
     }
     let shown = if is_dir {
@@ -854,7 +835,7 @@ fn cmd_pack(home: &Path, args: PackArgs, out: &mut dyn Write) -> anyhow::Result<
         opts.pipeline.sealers = n.max(1);
     }
     let mut catalog = Catalog::open_in_memory()?;
-    let bar = progress_bar(args.json);
+    let bar = progress::bar(args.json, &progress::Look::SPINNER);
     let mut progress = PackProgress {
         bar: bar.clone(),
         files: 0,
@@ -907,8 +888,7 @@ fn cmd_pack(home: &Path, args: PackArgs, out: &mut dyn Write) -> anyhow::Result<
     std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)
         .with_context(|| format!("cannot write {}", manifest_path.display()))?;
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &manifest)?;
-        writeln!(out)?;
+        output::json(out, &manifest)?;
     } else {
         print_pack(out, &report, &out_dir, sink.files().len())?;
     }
@@ -969,13 +949,7 @@ fn print_pack(
         for f in &r.failures {
             writeln!(out, "  {}: {}", f.rel, f.message)?;
         }
-        if (r.failures.len() as u64) < r.files_failed {
-            writeln!(
-                out,
-                "  … and {} more",
-                r.files_failed - r.failures.len() as u64
-            )?;
-        }
+        output::and_more(out, "  ", r.failures.len(), r.files_failed)?;
     } else {
         writeln!(out, "Failed:   none")?;
     }

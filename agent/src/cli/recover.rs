@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keepsake_common::api::RecoveryJobInfo;
 use keepsake_common::keys::{KeyBundle, OrgKeys};
 
+use super::output;
+use super::progress::{self, Look};
 use super::remote::SecretArgs;
 use crate::client;
 use crate::client::ClientError;
@@ -177,8 +178,7 @@ fn cmd_list(home: &Home, args: &RecoverArgs, out: &mut dyn Write) -> anyhow::Res
         Err(e) => return Err(e.into()),
     };
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &jobs)?;
-        writeln!(out)?;
+        output::json(out, &jobs)?;
     } else if jobs.is_empty() {
         writeln!(out, "no pending recovery requests for this machine")?;
     } else {
@@ -189,20 +189,6 @@ fn cmd_list(home: &Home, args: &RecoverArgs, out: &mut dyn Write) -> anyhow::Res
     Ok(0)
 }
 
-fn job_bar(hidden: bool) -> ProgressBar {
-    let pb = ProgressBar::new(0);
-    if hidden || !std::io::stderr().is_terminal() {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.enable_steady_tick(Duration::from_millis(200));
-    pb
-}
-
 fn run_one(
     client: &crate::client::ApiClient,
     keys: &OrgKeys,
@@ -211,38 +197,33 @@ fn run_one(
     json: bool,
 ) -> RecoveryOutcome {
     let progress = JobProgress::default();
-    let pb = job_bar(json);
-    let done = AtomicBool::new(false);
-    let outcome = std::thread::scope(|s| {
-        s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                let ph = progress.phase.load(Ordering::Relaxed);
-                let total = progress.bytes_total.load(Ordering::Relaxed);
-                pb.set_length(total);
-                let (label, pos) = match ph {
-                    phase::PLANNING => ("checking space", 0),
-                    phase::RESTORING => ("restoring", progress.bytes_done()),
-                    _ => (
-                        "verifying",
-                        progress.validate.bytes.load(Ordering::Relaxed).min(total),
-                    ),
-                };
-                pb.set_position(pos);
-                pb.set_message(format!(
-                    "{label} {} files",
-                    if ph >= phase::VERIFYING {
-                        progress.validate.files.load(Ordering::Relaxed)
-                    } else {
-                        progress.files_done()
-                    }
-                ));
-                std::thread::sleep(Duration::from_millis(150));
-            }
-        });
-        let o = recovery::execute(client, keys, job, opts, &progress);
-        done.store(true, Ordering::Relaxed);
-        o
-    });
+    let pb = progress::bar(json, &Look::RECOVERY);
+    let outcome = progress::while_running(
+        Duration::from_millis(150),
+        || {
+            let ph = progress.phase.load(Ordering::Relaxed);
+            let total = progress.bytes_total.load(Ordering::Relaxed);
+            pb.set_length(total);
+            let (label, pos) = match ph {
+                phase::PLANNING => ("checking space", 0),
+                phase::RESTORING => ("restoring", progress.bytes_done()),
+                _ => (
+                    "verifying",
+                    progress.validate.bytes.load(Ordering::Relaxed).min(total),
+                ),
+            };
+            pb.set_position(pos);
+            pb.set_message(format!(
+                "{label} {} files",
+                if ph >= phase::VERIFYING {
+                    progress.validate.files.load(Ordering::Relaxed)
+                } else {
+                    progress.files_done()
+                }
+            ));
+        },
+        || recovery::execute(client, keys, job, opts, &progress),
+    );
     pb.finish_and_clear();
     outcome
 }
@@ -364,8 +345,7 @@ pub(crate) fn cmd_recover(
         }
     }
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &outcomes)?;
-        writeln!(out)?;
+        output::json(out, &outcomes)?;
     } else if outcomes.is_empty() {
         writeln!(out, "no recovery requests for this machine")?;
     }
@@ -392,8 +372,7 @@ pub(crate) fn cmd_drill(
         args.files,
     )?;
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &o)?;
-        writeln!(out)?;
+        output::json(out, &o)?;
     } else {
         let v = &o.validation;
         writeln!(

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use keepsake_common::api::FileKind;
 use keepsake_common::keys::{KeyBundle, OrgKeys};
 use uuid::Uuid;
 
-use super::{build_matcher, RuleArgs};
+use super::progress::{self, Look};
+use super::{build_matcher, output, RuleArgs};
 use crate::backup::{BackupObserver, Run, RunOptions};
 use crate::client;
 use crate::enroll::{self, EnrollOptions};
@@ -134,18 +135,6 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
-fn bar(hidden: bool, len: u64, template: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    if hidden || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        pb.set_style(style);
-    }
-    pb.enable_steady_tick(Duration::from_millis(200));
-    pb
-}
-
 fn scrypt_override() -> Option<u8> {
     std::env::var("KEEPSAKE_SCRYPT_LOG_N")
         .ok()
@@ -170,8 +159,7 @@ pub(crate) fn cmd_enroll(home: &Path, args: EnrollArgs, out: &mut dyn Write) -> 
         },
     )?;
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &done)?;
-        writeln!(out)?;
+        output::json(out, &done)?;
     } else {
         writeln!(
             out,
@@ -268,11 +256,7 @@ pub(crate) fn cmd_backup(
         let mut opts = RunOptions::new(matcher);
         opts.wedding_critical = args.critical;
         opts.verifier = home.stored_secret_keys()?.map(Arc::new);
-        let pb = bar(
-            args.json,
-            0,
-            "{spinner} {pos} files backed up  {elapsed_precise}",
-        );
+        let pb = progress::bar(args.json, &Look::BACKUP);
         let mut obs = BarObserver { pb: pb.clone() };
         let s = Run::new(&home, &root, opts).execute(&mut obs)?.main;
         pb.finish_and_clear();
@@ -318,20 +302,13 @@ pub(crate) fn cmd_backup(
                 for k in &s.skipped {
                     writeln!(out, "    {}: {}", k.rel, k.detail)?;
                 }
-                if (s.skipped.len() as u64) < s.skipped_count {
-                    writeln!(
-                        out,
-                        "    … and {} more",
-                        s.skipped_count - s.skipped.len() as u64
-                    )?;
-                }
+                output::and_more(out, "    ", s.skipped.len(), s.skipped_count)?;
             }
         }
         summaries.push(serde_json::json!({"root": root, "summary": s}));
     }
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &summaries)?;
-        writeln!(out)?;
+        output::json(out, &summaries)?;
     }
     Ok(if failed > 0 { super::EXIT_PARTIAL } else { 0 })
 }
@@ -357,8 +334,7 @@ pub(crate) fn cmd_points(home: &Path, args: PointsArgs, out: &mut dyn Write) -> 
     let (cfg, client) = client::connect(&Home::new(home), None)?;
     let points = client.points(None, args.mine.then_some(cfg.agent_id))?;
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &points)?;
-        writeln!(out)?;
+        output::json(out, &points)?;
         return Ok(0);
     }
     if points.is_empty() {
@@ -395,8 +371,7 @@ pub(crate) fn cmd_ls(home: &Path, args: LsArgs, out: &mut dyn Write) -> anyhow::
         after = files.last().map(|f| f.path.clone());
         for f in &files {
             if args.json {
-                serde_json::to_writer(&mut *out, f)?;
-                writeln!(out)?;
+                output::json_line(out, f)?;
             } else {
                 let kind = match f.kind {
                     FileKind::Directory => "d",
@@ -443,28 +418,21 @@ pub(crate) fn cmd_restore(
     opts.workers = args.workers.max(1);
     opts.keep_special_bits = args.keep_special_bits;
     let progress = RestoreProgress::default();
-    let pb = bar(args.json, 0, "{spinner} {msg}  {elapsed_precise}");
-    let done = std::sync::atomic::AtomicBool::new(false);
-    let report = std::thread::scope(|s| {
-        let watcher = s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                pb.set_message(format!(
-                    "{} files, {}",
-                    progress.files.load(Ordering::Relaxed),
-                    format_bytes(progress.bytes.load(Ordering::Relaxed))
-                ));
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        let r = restore::restore(&client, &keys, &opts, &progress);
-        done.store(true, Ordering::Relaxed);
-        let _ = watcher.join();
-        r
-    })?;
+    let pb = progress::bar(args.json, &Look::RESTORE);
+    let report = progress::while_running(
+        Duration::from_millis(200),
+        || {
+            pb.set_message(format!(
+                "{} files, {}",
+                progress.files.load(Ordering::Relaxed),
+                format_bytes(progress.bytes.load(Ordering::Relaxed))
+            ))
+        },
+        || restore::restore(&client, &keys, &opts, &progress),
+    )?;
     pb.finish_and_clear();
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &report)?;
-        writeln!(out)?;
+        output::json(out, &report)?;
     } else {
         writeln!(
             out,
