@@ -51,7 +51,7 @@ pub struct RunArgs {
     pub log_file: Option<PathBuf>,
     /// Exclusion rules (with the organisation's rules and the home's `exclude` file).
     #[command(flatten)]
-    pub rules: super::RuleArgs,
+    pub rules: super::rules::RuleArgs,
 }
 
 /// `keepsake status`.

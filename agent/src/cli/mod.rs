@@ -10,10 +10,16 @@
 //! paths could not be read (listed in the output).
 
 mod daemon_cmds;
+mod keys;
 mod output;
 mod progress;
 mod recover;
 mod remote;
+mod rules;
+
+pub use keys::read_public_keys;
+pub use rules::RuleArgs;
+use rules::{build_matcher, parse_size_arg};
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -27,18 +33,16 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use keepsake_common::delta::DeltaHeader;
-use keepsake_common::keys::{OrgKeys, OrgPublicKeys};
 
 use crate::backup::{backup_to_sink, BackupObserver, BackupOptions, BackupReport};
 use crate::catalog::Catalog;
 use crate::detect::plan::{self, Change, PlanObserver, PlanOptions, PlanReport, PlanTotals, Tally};
 use crate::detect::scan::{EntryKind, ScanOptions};
-use crate::exclude::{self, Decision, LocalRules, Matcher};
+use crate::exclude::Decision;
 use crate::home::{Home, CATALOG_FILE};
 use crate::pipeline::{DeltaLimits, FileOutcome, FramedFileSink};
 use crate::relpath::RelPath;
-use crate::units::{format_bytes, parse_size};
-use keepsake_common::api::AgentPolicy;
+use crate::units::format_bytes;
 
 /// Exit code: the scan completed but some paths could not be read.
 pub const EXIT_PARTIAL: u8 = 3;
@@ -113,30 +117,6 @@ pub enum Command {
 pub enum ExcludeCommand {
     /// Say whether PATH is excluded, by which rule and why.
     Test(ExcludeTestArgs),
-}
-
-/// Rule options shared by the commands.
-#[derive(Debug, Args, Clone)]
-pub struct RuleArgs {
-    /// Extra exclusion pattern (gitignore syntax; repeatable; after the local exclude file)
-    #[arg(long = "exclude", value_name = "PATTERN")]
-    pub exclude: Vec<String>,
-    /// Do not apply the built-in photographer defaults
-    #[arg(long)]
-    pub no_default_excludes: bool,
-    /// Exclude files larger than SIZE (e.g. 500M, 4G)
-    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
-    pub max_file_size: Option<u64>,
-    /// Exclude-if-present marker file name (repeatable) [default: .nobackup]
-    #[arg(long = "marker", value_name = "NAME")]
-    pub markers: Vec<String>,
-    /// Do not skip folders tagged with CACHEDIR.TAG
-    #[arg(long)]
-    pub no_cachedir_tag: bool,
-}
-
-fn parse_size_arg(s: &str) -> Result<u64, String> {
-    parse_size(s).map_err(|e| e.to_string())
 }
 
 /// `keepsake scan`
@@ -334,39 +314,6 @@ fn resolve_home(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         None => default_home()
             .context("cannot find the per-user data folder; pass --home or set KEEPSAKE_HOME"),
     }
-}
-
-impl RuleArgs {
-    /// The flags as the exclusion builder takes them.
-    pub fn local(&self) -> LocalRules {
-        LocalRules {
-            exclude: self.exclude.clone(),
-            no_default_excludes: self.no_default_excludes,
-            max_file_size: self.max_file_size,
-            markers: self.markers.clone(),
-            no_cachedir_tag: self.no_cachedir_tag,
-        }
-    }
-}
-
-/// The matcher of `root` from the one exclusion builder, with the organisation's policy as last
-/// received (or `policy` when the command just fetched it).
-pub(crate) fn build_matcher(
-    root: &Path,
-    home: &Path,
-    rules: &RuleArgs,
-    policy: Option<&AgentPolicy>,
-) -> anyhow::Result<Matcher> {
-    let home = Home::new(home);
-    let cached;
-    let policy = match policy {
-        Some(p) => Some(p),
-        None => {
-            cached = home.cached_policy();
-            cached.as_ref()
-        }
-    };
-    Ok(exclude::matcher_for(&home, root, policy, &rules.local())?)
 }
 
 struct Progress {
@@ -705,25 +652,6 @@ fn cmd_exclude_test(home: &Path, args: ExcludeTestArgs, out: &mut dyn Write) -> 
     }
     writeln!(out, "  root:   {}", root.display())?;
     Ok(0)
-}
-
-/// Reads the organisation's keys from a file holding either the public-keys JSON or the
-/// secret-keys JSON (of which only the public part is kept).
-pub fn read_public_keys(path: &Path) -> anyhow::Result<OrgPublicKeys> {
-    let mut bytes =
-        std::fs::read(path).with_context(|| format!("cannot read the keys {}", path.display()))?;
-    let parsed = match serde_json::from_slice::<OrgPublicKeys>(&bytes) {
-        Ok(k) => Ok(k),
-        Err(_) => OrgKeys::from_secret_json(&bytes).map(|k| k.public()),
-    };
-    // Best effort: do not leave the secret JSON around in freed memory.
-    bytes.fill(0);
-    parsed.with_context(|| {
-        format!(
-            "{} holds neither the organisation's public keys nor its secret keys",
-            path.display()
-        )
-    })
 }
 
 /// The `manifest.json` of a `keepsake pack` folder.

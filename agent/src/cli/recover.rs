@@ -1,7 +1,7 @@
 //! Recovery requests and drills: `keepsake recover`, `keepsake drill`, `keepsake unlock`,
 //! `keepsake lock`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use keepsake_common::api::RecoveryJobInfo;
-use keepsake_common::keys::{KeyBundle, OrgKeys};
+use keepsake_common::keys::OrgKeys;
 
+use super::keys::{keys_for, unseal_from_server, SecretArgs};
 use super::output;
 use super::progress::{self, Look};
-use super::remote::SecretArgs;
 use crate::client;
 use crate::client::ClientError;
-use crate::home::{Home, SecretSource};
+use crate::home::Home;
 use crate::recovery::{self, phase, ExecuteOptions, JobProgress, RecoveryOutcome};
 use crate::units::format_bytes;
 
@@ -65,71 +65,6 @@ pub struct UnlockArgs {
     pub remember: bool,
     #[command(flatten)]
     pub secrets: SecretArgs,
-}
-
-fn secret_source(a: &SecretArgs) -> SecretSource {
-    SecretSource {
-        passphrase_file: a.passphrase_file.clone(),
-        paper_key_file: a.paper_key_file.clone(),
-    }
-}
-
-/// Reads a passphrase from the terminal without echo.
-fn prompt_passphrase() -> anyhow::Result<String> {
-    let mut err = std::io::stderr();
-    write!(err, "Organisation passphrase: ")?;
-    err.flush()?;
-    let fd = libc::STDIN_FILENO;
-    // SAFETY: termios is plain data; tcgetattr fills it for a descriptor we checked is a TTY.
-    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-    let have_tty = unsafe { libc::tcgetattr(fd, &mut saved) } == 0;
-    if have_tty {
-        let mut quiet = saved;
-        quiet.c_lflag &= !libc::ECHO;
-        quiet.c_lflag |= libc::ECHONL;
-        // SAFETY: as above.
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
-    }
-    let mut line = String::new();
-    let read = std::io::stdin().read_line(&mut line);
-    if have_tty {
-        // SAFETY: restores the settings read above.
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
-    }
-    read.context("cannot read the passphrase")?;
-    let pass = line.trim_end_matches(['\r', '\n']).to_string();
-    if pass.is_empty() {
-        bail!("no passphrase given");
-    }
-    Ok(pass)
-}
-
-fn unseal_from_server(home: &Home, secrets: &SecretSource) -> anyhow::Result<OrgKeys> {
-    let (_, client) = client::connect(home, None)?;
-    let active = client
-        .keys()?
-        .active
-        .context("the organisation has no key yet")?;
-    let bundle = KeyBundle::from_json(&active.bundle)?;
-    let no_secret = secrets.paper_key_file.is_none() && secrets.passphrase()?.is_none();
-    if no_secret && std::io::stdin().is_terminal() {
-        let pass = prompt_passphrase()?;
-        return bundle
-            .unseal_with_passphrase(&pass)
-            .context("the passphrase does not unlock the organisation's keys");
-    }
-    secrets
-        .unseal(&bundle)
-        .context("cannot unlock the organisation's keys")
-}
-
-/// The organisation's keys: kept in the home (when allowed), else unsealed with the passphrase
-/// (`--passphrase-file`, `KEEPSAKE_PASSPHRASE`, a prompt on a terminal) or a paper key.
-fn keys_for(home: &Home, secrets: &SecretSource) -> anyhow::Result<OrgKeys> {
-    if let Some(k) = home.stored_secret_keys()? {
-        return Ok(k);
-    }
-    unseal_from_server(home, secrets)
 }
 
 fn job_line(j: &RecoveryJobInfo) -> String {
@@ -301,7 +236,7 @@ pub(crate) fn cmd_recover(
     }
     let (_, client) = client::connect(&home, None)?;
     // Unlock first: a wrong passphrase claims nothing and writes nothing.
-    let keys = keys_for(&home, &secret_source(&args.secrets))?;
+    let keys = keys_for(&home, &args.secrets.source())?;
     let stop = Arc::new(AtomicBool::new(false));
     if args.wait {
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -363,7 +298,7 @@ pub(crate) fn cmd_drill(
 ) -> anyhow::Result<u8> {
     let home = Home::new(home_dir);
     let (cfg, client) = client::connect(&home, None)?;
-    let keys = keys_for(&home, &secret_source(&args.secrets))?;
+    let keys = keys_for(&home, &args.secrets.source())?;
     let o = recovery::drill(
         &client,
         &keys,
@@ -402,7 +337,7 @@ pub(crate) fn cmd_unlock(
 ) -> anyhow::Result<u8> {
     let home = Home::new(home_dir);
     let (_, client) = client::connect(&home, None)?;
-    let secrets = secret_source(&args.secrets);
+    let secrets = args.secrets.source();
     if !args.remember {
         unseal_from_server(&home, &secrets)?;
         writeln!(

@@ -10,38 +10,19 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::ProgressBar;
 use keepsake_common::api::FileKind;
-use keepsake_common::keys::{KeyBundle, OrgKeys};
 use uuid::Uuid;
 
+use super::keys::{unlock_keys, SecretArgs};
+use super::output;
 use super::progress::{self, Look};
-use super::{build_matcher, output, RuleArgs};
+use super::rules::{build_matcher, RuleArgs};
 use crate::backup::{BackupObserver, Run, RunOptions};
 use crate::client;
 use crate::enroll::{self, EnrollOptions};
-use crate::home::{Home, SecretSource};
+use crate::home::Home;
 use crate::pipeline::FileOutcome;
 use crate::restore::{self, RestoreOptions, RestoreProgress};
 use crate::units::format_bytes;
-
-/// Passphrase / paper-key options shared by the commands that unlock keys.
-#[derive(Debug, Args, Clone, Default)]
-pub struct SecretArgs {
-    /// Read the organisation's passphrase from FILE (else `KEEPSAKE_PASSPHRASE`).
-    #[arg(long, value_name = "FILE")]
-    pub passphrase_file: Option<PathBuf>,
-    /// Unlock with a paper key read from FILE instead of the passphrase.
-    #[arg(long, value_name = "FILE")]
-    pub paper_key_file: Option<PathBuf>,
-}
-
-impl SecretArgs {
-    fn source(&self) -> SecretSource {
-        SecretSource {
-            passphrase_file: self.passphrase_file.clone(),
-            paper_key_file: self.paper_key_file.clone(),
-        }
-    }
-}
 
 /// `keepsake enroll`.
 #[derive(Debug, Args)]
@@ -387,20 +368,6 @@ pub(crate) fn cmd_ls(home: &Path, args: LsArgs, out: &mut dyn Write) -> anyhow::
         }
     }
     Ok(0)
-}
-
-/// The organisation's secret keys: kept on disk (when allowed), else unsealed from the bundle.
-pub(crate) fn unlock_keys(home: &Home, secrets: &SecretSource) -> anyhow::Result<OrgKeys> {
-    if let Some(k) = home.stored_secret_keys()? {
-        return Ok(k);
-    }
-    let (_, client) = client::connect(home, None)?;
-    let active = client
-        .keys()?
-        .active
-        .context("the organisation has no key yet")?;
-    let bundle = KeyBundle::from_json(&active.bundle)?;
-    Ok(secrets.unseal(&bundle)?)
 }
 
 pub(crate) fn cmd_restore(
