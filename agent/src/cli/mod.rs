@@ -9,16 +9,21 @@
 //! Exit codes: 0 success; 1 failure; 2 usage error; 3 the scan (or pack) completed but some
 //! paths could not be read (listed in the output).
 
+mod backup;
 mod daemon_cmds;
+mod enroll;
 mod exclude;
 mod keys;
+mod ls;
 mod output;
 mod pack;
+mod points;
 mod progress;
 mod recover;
-mod remote;
+mod restore;
 mod rules;
 mod scan;
+mod whoami;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -28,9 +33,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+pub use backup::BackupArgs;
+pub use enroll::EnrollArgs;
 pub use exclude::{ExcludeCommand, ExcludeTestArgs};
-pub use keys::read_public_keys;
+pub use keys::{read_public_keys, SecretArgs};
+pub use ls::LsArgs;
 pub use pack::PackArgs;
+pub use points::PointsArgs;
+pub use restore::RestoreArgs;
 pub use rules::RuleArgs;
 pub use scan::ScanArgs;
 
@@ -71,15 +81,15 @@ pub enum Command {
         command: ExcludeCommand,
     },
     /// Enrol this machine in an organisation (and set up or unlock its keys).
-    Enroll(remote::EnrollArgs),
+    Enroll(EnrollArgs),
     /// Back up a folder to the server now.
-    Backup(remote::BackupArgs),
+    Backup(BackupArgs),
     /// List recovery points.
-    Points(remote::PointsArgs),
+    Points(PointsArgs),
     /// List the files of a recovery point.
-    Ls(remote::LsArgs),
+    Ls(LsArgs),
     /// Restore a recovery point (or part of it) into a folder.
-    Restore(remote::RestoreArgs),
+    Restore(RestoreArgs),
     /// Show which organisation and server this agent uses.
     Whoami,
     /// Run the daemon: watch the folders and back them up continuously.
@@ -148,12 +158,12 @@ where
         Command::Scan(args) => scan::cmd_scan(&home, args, out),
         Command::Exclude { command } => exclude::cmd_exclude(&home, command, out),
         Command::Pack(args) => pack::cmd_pack(&home, args, out),
-        Command::Enroll(args) => remote::cmd_enroll(&home, args, out),
-        Command::Backup(args) => remote::cmd_backup(&home, args, out),
-        Command::Points(args) => remote::cmd_points(&home, args, out),
-        Command::Ls(args) => remote::cmd_ls(&home, args, out),
-        Command::Restore(args) => remote::cmd_restore(&home, args, out),
-        Command::Whoami => remote::cmd_whoami(&home, out),
+        Command::Enroll(args) => enroll::cmd_enroll(&home, args, out),
+        Command::Backup(args) => backup::cmd_backup(&home, args, out),
+        Command::Points(args) => points::cmd_points(&home, args, out),
+        Command::Ls(args) => ls::cmd_ls(&home, args, out),
+        Command::Restore(args) => restore::cmd_restore(&home, args, out),
+        Command::Whoami => whoami::cmd_whoami(&home, out),
         Command::Run(args) => daemon_cmds::cmd_run(&home, args, out),
         Command::Status(args) => daemon_cmds::cmd_status(&home, args, out),
         Command::Recover(args) => recover::cmd_recover(&home, args, out),
