@@ -10,10 +10,11 @@
 //! paths could not be read (listed in the output).
 
 mod backup;
-mod daemon_cmds;
+mod drill;
 mod enroll;
 mod exclude;
 mod keys;
+mod lock;
 mod ls;
 mod output;
 mod pack;
@@ -22,7 +23,10 @@ mod progress;
 mod recover;
 mod restore;
 mod rules;
+mod run;
 mod scan;
+mod status;
+mod unlock;
 mod whoami;
 
 use std::ffi::OsString;
@@ -34,15 +38,20 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 pub use backup::BackupArgs;
+pub use drill::DrillArgs;
 pub use enroll::EnrollArgs;
 pub use exclude::{ExcludeCommand, ExcludeTestArgs};
 pub use keys::{read_public_keys, SecretArgs};
 pub use ls::LsArgs;
 pub use pack::PackArgs;
 pub use points::PointsArgs;
+pub use recover::RecoverArgs;
 pub use restore::RestoreArgs;
 pub use rules::RuleArgs;
+pub use run::RunArgs;
 pub use scan::ScanArgs;
+pub use status::StatusArgs;
+pub use unlock::UnlockArgs;
 
 /// Exit code: the scan completed but some paths could not be read.
 pub const EXIT_PARTIAL: u8 = 3;
@@ -93,17 +102,17 @@ pub enum Command {
     /// Show which organisation and server this agent uses.
     Whoami,
     /// Run the daemon: watch the folders and back them up continuously.
-    Run(daemon_cmds::RunArgs),
+    Run(RunArgs),
     /// Show the daemon's state, or whether a folder is safe on the server (`--path`).
-    Status(daemon_cmds::StatusArgs),
+    Status(StatusArgs),
     /// Execute the recovery requests made for this machine (restore, validate, report).
-    Recover(recover::RecoverArgs),
+    Recover(RecoverArgs),
     /// Restore drill: restore a sample of recent files into a scratch folder, validate them and
     /// report the result to the server.
-    Drill(recover::DrillArgs),
+    Drill(DrillArgs),
     /// Check the passphrase; with --remember keep the unsealed key here for the daemon (when the
     /// organisation allows it).
-    Unlock(recover::UnlockArgs),
+    Unlock(UnlockArgs),
     /// Remove the unsealed key kept by `unlock --remember`.
     Lock,
     /// Back up PATH offline into a folder: encrypted packs (framed blob streams) and the job
@@ -164,12 +173,12 @@ where
         Command::Ls(args) => ls::cmd_ls(&home, args, out),
         Command::Restore(args) => restore::cmd_restore(&home, args, out),
         Command::Whoami => whoami::cmd_whoami(&home, out),
-        Command::Run(args) => daemon_cmds::cmd_run(&home, args, out),
-        Command::Status(args) => daemon_cmds::cmd_status(&home, args, out),
+        Command::Run(args) => run::cmd_run(&home, args, out),
+        Command::Status(args) => status::cmd_status(&home, args, out),
         Command::Recover(args) => recover::cmd_recover(&home, args, out),
-        Command::Drill(args) => recover::cmd_drill(&home, args, out),
-        Command::Unlock(args) => recover::cmd_unlock(&home, args, out),
-        Command::Lock => recover::cmd_lock(&home, out),
+        Command::Drill(args) => drill::cmd_drill(&home, args, out),
+        Command::Unlock(args) => unlock::cmd_unlock(&home, args, out),
+        Command::Lock => lock::cmd_lock(&home, out),
     }
 }
 

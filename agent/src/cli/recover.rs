@@ -1,5 +1,5 @@
-//! Recovery requests and drills: `keepsake recover`, `keepsake drill`, `keepsake unlock`,
-//! `keepsake lock`.
+//! `keepsake recover`: execute the recovery requests made for this machine (restore, validate,
+//! report), or list them (`--list`).
 
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +12,7 @@ use clap::Args;
 use keepsake_common::api::RecoveryJobInfo;
 use keepsake_common::keys::OrgKeys;
 
-use super::keys::{keys_for, unseal_from_server, SecretArgs};
+use super::keys::{keys_for, SecretArgs};
 use super::output;
 use super::progress::{self, Look};
 use crate::client;
@@ -36,35 +36,12 @@ pub struct RecoverArgs {
     /// Files restored in parallel.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// Passphrase or paper key.
     #[command(flatten)]
     pub secrets: SecretArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// `keepsake drill`.
-#[derive(Debug, Args)]
-pub struct DrillArgs {
-    /// How many recent files to restore and check.
-    #[arg(long, default_value_t = recovery::DEFAULT_DRILL_FILES, value_name = "N")]
-    pub files: usize,
-    #[command(flatten)]
-    pub secrets: SecretArgs,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `keepsake unlock`.
-#[derive(Debug, Args)]
-pub struct UnlockArgs {
-    /// Keep the unsealed key in the home (mode 0600) so that the daemon can execute recovery
-    /// requests unattended; only when the organisation's policy allows it.
-    #[arg(long)]
-    pub remember: bool,
-    #[command(flatten)]
-    pub secrets: SecretArgs,
 }
 
 fn job_line(j: &RecoveryJobInfo) -> String {
@@ -225,7 +202,7 @@ fn print_outcome(out: &mut dyn Write, o: &RecoveryOutcome) -> std::io::Result<()
     Ok(())
 }
 
-pub(crate) fn cmd_recover(
+pub(super) fn cmd_recover(
     home_dir: &Path,
     args: RecoverArgs,
     out: &mut dyn Write,
@@ -289,94 +266,4 @@ pub(crate) fn cmd_recover(
     } else {
         1
     })
-}
-
-pub(crate) fn cmd_drill(
-    home_dir: &Path,
-    args: DrillArgs,
-    out: &mut dyn Write,
-) -> anyhow::Result<u8> {
-    let home = Home::new(home_dir);
-    let (cfg, client) = client::connect(&home, None)?;
-    let keys = keys_for(&home, &args.secrets.source())?;
-    let o = recovery::drill(
-        &client,
-        &keys,
-        cfg.agent_id,
-        &home.path(crate::home::TMP_DIR),
-        args.files,
-    )?;
-    if args.json {
-        output::json(out, &o)?;
-    } else {
-        let v = &o.validation;
-        writeln!(
-            out,
-            "restore drill of {} ({}): {}: {} of {} sampled files restored ({}) and re-read; {} mismatched, {} missing{}",
-            o.recovery_point_id,
-            o.root_path,
-            if o.passed { "PASSED" } else { "FAILED" },
-            o.files_restored,
-            o.files.len(),
-            format_bytes(o.bytes_restored),
-            v.mismatches,
-            v.missing,
-            if o.reported { "" } else { " (not recorded on the server)" }
-        )?;
-        if let Some(e) = &o.error {
-            writeln!(out, "  {e}")?;
-        }
-    }
-    Ok(if o.passed { 0 } else { 1 })
-}
-
-pub(crate) fn cmd_unlock(
-    home_dir: &Path,
-    args: UnlockArgs,
-    out: &mut dyn Write,
-) -> anyhow::Result<u8> {
-    let home = Home::new(home_dir);
-    let (_, client) = client::connect(&home, None)?;
-    let secrets = args.secrets.source();
-    if !args.remember {
-        unseal_from_server(&home, &secrets)?;
-        writeln!(
-            out,
-            "the passphrase unlocks the organisation's keys (nothing was kept; --remember keeps the key for the daemon)"
-        )?;
-        return Ok(0);
-    }
-    let policy = client.policy()?;
-    if !policy.agents_keep_unsealed_key {
-        bail!(
-            "the organisation does not allow keeping the unsealed key on its machines \
-             (policy agents_keep_unsealed_key is off); recovery requests are executed with \
-             `keepsake recover` and the passphrase"
-        );
-    }
-    let keys = unseal_from_server(&home, &secrets)?;
-    home.save_secret_keys(&keys)?;
-    writeln!(
-        out,
-        "the unsealed key is kept in {} (owner-only); the daemon now executes recovery requests for this machine. `keepsake lock` removes it",
-        home.path(crate::home::SECRET_KEYS_FILE).display()
-    )?;
-    Ok(0)
-}
-
-pub(crate) fn cmd_lock(home_dir: &Path, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let home = Home::new(home_dir);
-    let had = home.stored_secret_keys().ok().flatten().is_some()
-        || home.path(crate::home::SECRET_KEYS_FILE).exists();
-    home.forget_secret_keys()?;
-    writeln!(
-        out,
-        "{}",
-        if had {
-            "the unsealed key was removed from this machine; recovery requests now wait for the passphrase"
-        } else {
-            "no unsealed key was kept on this machine"
-        }
-    )?;
-    Ok(0)
 }
