@@ -7,7 +7,7 @@ use std::path::Path;
 use clap::Args;
 
 use super::keys::{keys_for, SecretArgs};
-use super::output;
+use super::{output, EXIT_FAILED};
 use crate::client;
 use crate::home::Home;
 use crate::recovery;
@@ -63,5 +63,5 @@ pub(super) fn cmd_drill(
             writeln!(out, "  {e}")?;
         }
     }
-    Ok(if o.passed { 0 } else { 1 })
+    Ok(if o.passed { 0 } else { EXIT_FAILED })
 }

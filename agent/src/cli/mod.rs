@@ -1,13 +1,21 @@
-//! The `keepsake` command line.
+//! The `keepsake` command line, a thin layer over the agent's engine.
 //!
 //! ```text
-//! keepsake [--home DIR] [--log-level LEVEL] scan PATH [--json] [--update-catalog] [--list] ...
-//! keepsake [--home DIR] [--log-level LEVEL] exclude test PATH [--json] [--root DIR] [--dir] ...
-//! keepsake [--home DIR] [--log-level LEVEL] pack PATH --out DIR --keys FILE [--json] ...
+//! keepsake [--home DIR] [--log-level LEVEL] COMMAND [ARGS...]
 //! ```
 //!
-//! Exit codes: 0 success; 1 failure; 2 usage error; 3 the scan (or pack) completed but some
-//! paths could not be read (listed in the output).
+//! This file holds the parser ([`Cli`], [`Command`]), the dispatch, the exit codes, the home and
+//! the logging. Each command is one file holding its flags and its `cmd_*` function, which
+//! parses, calls the engine and prints (`scan.rs`, `exclude.rs`, `pack.rs`, `enroll.rs`,
+//! `backup.rs`, `points.rs`, `ls.rs`, `restore.rs`, `whoami.rs`, `run.rs`, `status.rs`,
+//! `recover.rs`, `drill.rs`, `unlock.rs`, `lock.rs`). Shared pieces: `rules.rs` (the exclusion
+//! flags and the matcher), `keys.rs` (the passphrase flags, unsealing, key files),
+//! `progress.rs` (the progress bar) and `output.rs` (JSON and the lines several commands print).
+//!
+//! Exit codes: 0 success; 1 failure, or a restore, recovery or drill that ran but failed
+//! ([`EXIT_FAILED`]); 2 usage error; 3 the scan, pack or backup completed but some paths could
+//! not be read, listed in the output ([`EXIT_PARTIAL`]); 4 `status --path`: some files of the
+//! folder are not yet safe on the server ([`EXIT_NOT_SAFE`]).
 
 mod backup;
 mod drill;
@@ -53,8 +61,13 @@ pub use scan::ScanArgs;
 pub use status::StatusArgs;
 pub use unlock::UnlockArgs;
 
+/// Exit code: the command ran but its work failed (files not restored, a recovery or a drill
+/// that failed); also what `main` returns for an error.
+pub const EXIT_FAILED: u8 = 1;
 /// Exit code: the scan completed but some paths could not be read.
 pub const EXIT_PARTIAL: u8 = 3;
+/// Exit code of `status --path`: some files of the folder are not yet safe on the server.
+pub const EXIT_NOT_SAFE: u8 = 4;
 
 /// Keepsake backup agent.
 #[derive(Debug, Parser)]

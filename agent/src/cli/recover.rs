@@ -13,8 +13,8 @@ use keepsake_common::api::RecoveryJobInfo;
 use keepsake_common::keys::OrgKeys;
 
 use super::keys::{keys_for, SecretArgs};
-use super::output;
 use super::progress::{self, Look};
+use super::{output, EXIT_FAILED};
 use crate::client;
 use crate::client::ClientError;
 use crate::home::Home;
@@ -264,6 +264,6 @@ pub(super) fn cmd_recover(
     Ok(if outcomes.iter().all(RecoveryOutcome::succeeded) {
         0
     } else {
-        1
+        EXIT_FAILED
     })
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::Args;
 
 use super::keys::{unlock_keys, SecretArgs};
-use super::output;
 use super::points::resolve_point;
 use super::progress::{self, Look};
+use super::{output, EXIT_FAILED};
 use crate::client;
 use crate::home::Home;
 use crate::restore::{self, RestoreOptions, RestoreProgress};
@@ -110,7 +110,7 @@ pub(super) fn cmd_restore(
         }
     }
     if !report.failures.is_empty() {
-        return Ok(1);
+        return Ok(EXIT_FAILED);
     }
     Ok(0)
 }

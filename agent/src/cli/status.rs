@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use super::output;
+use super::{output, EXIT_NOT_SAFE};
 use crate::catalog::FileState;
 use crate::daemon;
 use crate::home::Home;
@@ -150,7 +150,7 @@ pub(super) fn cmd_status(
                 writeln!(out, "  waiting: {ex}")?;
             }
         }
-        return Ok(if r.safe_to_format { 0 } else { 4 });
+        return Ok(if r.safe_to_format { 0 } else { EXIT_NOT_SAFE });
     }
     let (status, running) = daemon::read_status(&home);
     if args.json {
