@@ -1,7 +1,7 @@
-//! Recovery requests and drills: `keepsake recover`, `keepsake drill`, `keepsake unlock`,
-//! `keepsake lock`.
+//! `keepsake recover`: execute the recovery requests made for this machine (restore, validate,
+//! report), or list them (`--list`).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keepsake_common::api::RecoveryJobInfo;
-use keepsake_common::keys::{KeyBundle, OrgKeys};
+use keepsake_common::keys::OrgKeys;
 
-use super::remote::SecretArgs;
+use super::keys::{keys_for, SecretArgs};
+use super::progress::{self, Look};
+use super::{output, EXIT_FAILED};
 use crate::client;
 use crate::client::ClientError;
-use crate::home::{Home, SecretSource};
+use crate::home::Home;
 use crate::recovery::{self, phase, ExecuteOptions, JobProgress, RecoveryOutcome};
 use crate::units::format_bytes;
 
@@ -35,100 +36,12 @@ pub struct RecoverArgs {
     /// Files restored in parallel.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// Passphrase or paper key.
     #[command(flatten)]
     pub secrets: SecretArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// `keepsake drill`.
-#[derive(Debug, Args)]
-pub struct DrillArgs {
-    /// How many recent files to restore and check.
-    #[arg(long, default_value_t = recovery::DEFAULT_DRILL_FILES, value_name = "N")]
-    pub files: usize,
-    #[command(flatten)]
-    pub secrets: SecretArgs,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `keepsake unlock`.
-#[derive(Debug, Args)]
-pub struct UnlockArgs {
-    /// Keep the unsealed key in the home (mode 0600) so that the daemon can execute recovery
-    /// requests unattended; only when the organisation's policy allows it.
-    #[arg(long)]
-    pub remember: bool,
-    #[command(flatten)]
-    pub secrets: SecretArgs,
-}
-
-fn secret_source(a: &SecretArgs) -> SecretSource {
-    SecretSource {
-        passphrase_file: a.passphrase_file.clone(),
-        paper_key_file: a.paper_key_file.clone(),
-    }
-}
-
-/// Reads a passphrase from the terminal without echo.
-fn prompt_passphrase() -> anyhow::Result<String> {
-    let mut err = std::io::stderr();
-    write!(err, "Organisation passphrase: ")?;
-    err.flush()?;
-    let fd = libc::STDIN_FILENO;
-    // SAFETY: termios is plain data; tcgetattr fills it for a descriptor we checked is a TTY.
-    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-    let have_tty = unsafe { libc::tcgetattr(fd, &mut saved) } == 0;
-    if have_tty {
-        let mut quiet = saved;
-        quiet.c_lflag &= !libc::ECHO;
-        quiet.c_lflag |= libc::ECHONL;
-        // SAFETY: as above.
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
-    }
-    let mut line = String::new();
-    let read = std::io::stdin().read_line(&mut line);
-    if have_tty {
-        // SAFETY: restores the settings read above.
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
-    }
-    read.context("cannot read the passphrase")?;
-    let pass = line.trim_end_matches(['\r', '\n']).to_string();
-    if pass.is_empty() {
-        bail!("no passphrase given");
-    }
-    Ok(pass)
-}
-
-fn unseal_from_server(home: &Home, secrets: &SecretSource) -> anyhow::Result<OrgKeys> {
-    let (_, client) = client::connect(home, None)?;
-    let active = client
-        .keys()?
-        .active
-        .context("the organisation has no key yet")?;
-    let bundle = KeyBundle::from_json(&active.bundle)?;
-    let no_secret = secrets.paper_key_file.is_none() && secrets.passphrase()?.is_none();
-    if no_secret && std::io::stdin().is_terminal() {
-        let pass = prompt_passphrase()?;
-        return bundle
-            .unseal_with_passphrase(&pass)
-            .context("the passphrase does not unlock the organisation's keys");
-    }
-    secrets
-        .unseal(&bundle)
-        .context("cannot unlock the organisation's keys")
-}
-
-/// The organisation's keys: kept in the home (when allowed), else unsealed with the passphrase
-/// (`--passphrase-file`, `KEEPSAKE_PASSPHRASE`, a prompt on a terminal) or a paper key.
-fn keys_for(home: &Home, secrets: &SecretSource) -> anyhow::Result<OrgKeys> {
-    if let Some(k) = home.stored_secret_keys()? {
-        return Ok(k);
-    }
-    unseal_from_server(home, secrets)
 }
 
 fn job_line(j: &RecoveryJobInfo) -> String {
@@ -177,8 +90,7 @@ fn cmd_list(home: &Home, args: &RecoverArgs, out: &mut dyn Write) -> anyhow::Res
         Err(e) => return Err(e.into()),
     };
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &jobs)?;
-        writeln!(out)?;
+        output::json(out, &jobs)?;
     } else if jobs.is_empty() {
         writeln!(out, "no pending recovery requests for this machine")?;
     } else {
@@ -189,20 +101,6 @@ fn cmd_list(home: &Home, args: &RecoverArgs, out: &mut dyn Write) -> anyhow::Res
     Ok(0)
 }
 
-fn job_bar(hidden: bool) -> ProgressBar {
-    let pb = ProgressBar::new(0);
-    if hidden || !std::io::stderr().is_terminal() {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.enable_steady_tick(Duration::from_millis(200));
-    pb
-}
-
 fn run_one(
     client: &crate::client::ApiClient,
     keys: &OrgKeys,
@@ -211,38 +109,33 @@ fn run_one(
     json: bool,
 ) -> RecoveryOutcome {
     let progress = JobProgress::default();
-    let pb = job_bar(json);
-    let done = AtomicBool::new(false);
-    let outcome = std::thread::scope(|s| {
-        s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                let ph = progress.phase.load(Ordering::Relaxed);
-                let total = progress.bytes_total.load(Ordering::Relaxed);
-                pb.set_length(total);
-                let (label, pos) = match ph {
-                    phase::PLANNING => ("checking space", 0),
-                    phase::RESTORING => ("restoring", progress.bytes_done()),
-                    _ => (
-                        "verifying",
-                        progress.validate.bytes.load(Ordering::Relaxed).min(total),
-                    ),
-                };
-                pb.set_position(pos);
-                pb.set_message(format!(
-                    "{label} {} files",
-                    if ph >= phase::VERIFYING {
-                        progress.validate.files.load(Ordering::Relaxed)
-                    } else {
-                        progress.files_done()
-                    }
-                ));
-                std::thread::sleep(Duration::from_millis(150));
-            }
-        });
-        let o = recovery::execute(client, keys, job, opts, &progress);
-        done.store(true, Ordering::Relaxed);
-        o
-    });
+    let pb = progress::bar(json, &Look::RECOVERY);
+    let outcome = progress::while_running(
+        Duration::from_millis(150),
+        || {
+            let ph = progress.phase.load(Ordering::Relaxed);
+            let total = progress.bytes_total.load(Ordering::Relaxed);
+            pb.set_length(total);
+            let (label, pos) = match ph {
+                phase::PLANNING => ("checking space", 0),
+                phase::RESTORING => ("restoring", progress.bytes_done()),
+                _ => (
+                    "verifying",
+                    progress.validate.bytes.load(Ordering::Relaxed).min(total),
+                ),
+            };
+            pb.set_position(pos);
+            pb.set_message(format!(
+                "{label} {} files",
+                if ph >= phase::VERIFYING {
+                    progress.validate.files.load(Ordering::Relaxed)
+                } else {
+                    progress.files_done()
+                }
+            ));
+        },
+        || recovery::execute(client, keys, job, opts, &progress),
+    );
     pb.finish_and_clear();
     outcome
 }
@@ -309,7 +202,7 @@ fn print_outcome(out: &mut dyn Write, o: &RecoveryOutcome) -> std::io::Result<()
     Ok(())
 }
 
-pub(crate) fn cmd_recover(
+pub(super) fn cmd_recover(
     home_dir: &Path,
     args: RecoverArgs,
     out: &mut dyn Write,
@@ -320,7 +213,7 @@ pub(crate) fn cmd_recover(
     }
     let (_, client) = client::connect(&home, None)?;
     // Unlock first: a wrong passphrase claims nothing and writes nothing.
-    let keys = keys_for(&home, &secret_source(&args.secrets))?;
+    let keys = keys_for(&home, &args.secrets.source())?;
     let stop = Arc::new(AtomicBool::new(false));
     if args.wait {
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -364,105 +257,13 @@ pub(crate) fn cmd_recover(
         }
     }
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &outcomes)?;
-        writeln!(out)?;
+        output::json(out, &outcomes)?;
     } else if outcomes.is_empty() {
         writeln!(out, "no recovery requests for this machine")?;
     }
     Ok(if outcomes.iter().all(RecoveryOutcome::succeeded) {
         0
     } else {
-        1
+        EXIT_FAILED
     })
-}
-
-pub(crate) fn cmd_drill(
-    home_dir: &Path,
-    args: DrillArgs,
-    out: &mut dyn Write,
-) -> anyhow::Result<u8> {
-    let home = Home::new(home_dir);
-    let (cfg, client) = client::connect(&home, None)?;
-    let keys = keys_for(&home, &secret_source(&args.secrets))?;
-    let o = recovery::drill(
-        &client,
-        &keys,
-        cfg.agent_id,
-        &home.path(crate::home::TMP_DIR),
-        args.files,
-    )?;
-    if args.json {
-        serde_json::to_writer_pretty(&mut *out, &o)?;
-        writeln!(out)?;
-    } else {
-        let v = &o.validation;
-        writeln!(
-            out,
-            "restore drill of {} ({}): {}: {} of {} sampled files restored ({}) and re-read; {} mismatched, {} missing{}",
-            o.recovery_point_id,
-            o.root_path,
-            if o.passed { "PASSED" } else { "FAILED" },
-            o.files_restored,
-            o.files.len(),
-            format_bytes(o.bytes_restored),
-            v.mismatches,
-            v.missing,
-            if o.reported { "" } else { " (not recorded on the server)" }
-        )?;
-        if let Some(e) = &o.error {
-            writeln!(out, "  {e}")?;
-        }
-    }
-    Ok(if o.passed { 0 } else { 1 })
-}
-
-pub(crate) fn cmd_unlock(
-    home_dir: &Path,
-    args: UnlockArgs,
-    out: &mut dyn Write,
-) -> anyhow::Result<u8> {
-    let home = Home::new(home_dir);
-    let (_, client) = client::connect(&home, None)?;
-    let secrets = secret_source(&args.secrets);
-    if !args.remember {
-        unseal_from_server(&home, &secrets)?;
-        writeln!(
-            out,
-            "the passphrase unlocks the organisation's keys (nothing was kept; --remember keeps the key for the daemon)"
-        )?;
-        return Ok(0);
-    }
-    let policy = client.policy()?;
-    if !policy.agents_keep_unsealed_key {
-        bail!(
-            "the organisation does not allow keeping the unsealed key on its machines \
-             (policy agents_keep_unsealed_key is off); recovery requests are executed with \
-             `keepsake recover` and the passphrase"
-        );
-    }
-    let keys = unseal_from_server(&home, &secrets)?;
-    home.save_secret_keys(&keys)?;
-    writeln!(
-        out,
-        "the unsealed key is kept in {} (owner-only); the daemon now executes recovery requests for this machine. `keepsake lock` removes it",
-        home.path(crate::home::SECRET_KEYS_FILE).display()
-    )?;
-    Ok(0)
-}
-
-pub(crate) fn cmd_lock(home_dir: &Path, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let home = Home::new(home_dir);
-    let had = home.stored_secret_keys().ok().flatten().is_some()
-        || home.path(crate::home::SECRET_KEYS_FILE).exists();
-    home.forget_secret_keys()?;
-    writeln!(
-        out,
-        "{}",
-        if had {
-            "the unsealed key was removed from this machine; recovery requests now wait for the passphrase"
-        } else {
-            "no unsealed key was kept on this machine"
-        }
-    )?;
-    Ok(0)
 }
