@@ -13,6 +13,12 @@
 //! wedding-critical rules, schedules, settle window, bandwidth limit, upload window) is pulled from
 //! the server periodically and applied without a restart. A heartbeat reports the daemon's state.
 //! SIGTERM/SIGINT stop it after the run in progress. One daemon per home (a lock file).
+//!
+//! This file holds the daemon and its main loop: which source is due (events after the
+//! debounce, a burst after `max_batch_wait`, periodic rescans) and how long to wait for the next
+//! deadline. The rest by concern: `lock.rs` (one daemon per home), `status.rs` (the status file
+//! and the heartbeat), `policy.rs` (the policy, upload window, schedules, recovery requests and
+//! drills) and `runs.rs` (a source's backup, backoff and the offline queue).
 
 mod lock;
 mod policy;
