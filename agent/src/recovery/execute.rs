@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 
 use keepsake_common::api::{RecoveryFinish, RecoveryJobInfo};
 use keepsake_common::keys::OrgKeys;
+use keepsake_common::prefix::PathPrefixes;
 use uuid::Uuid;
 
 use super::outcome::{merge, summarize_failures};
 use super::report::{Journal, Reporter, AUX_RETRY};
-use super::{
-    check_space, normalize_prefixes, phase, plan_restore, validate, JobProgress, RecoveryOutcome,
-};
+use super::{check_space, phase, plan_restore, validate, JobProgress, RecoveryOutcome};
 use crate::client::ApiClient;
 use crate::restore::names::NameRules;
 use crate::restore::{self, RestoreOptions, RestoreReport, BESIDE_SUFFIX};
@@ -64,14 +63,17 @@ pub fn execute(
     let started = Instant::now();
     let aux = client.clone_with_retry(AUX_RETRY);
     let journal = Journal::new(&aux, job.id);
-    let prefixes = normalize_prefixes(&job.path_prefixes);
+    let prefixes = job_walk(&job.path_prefixes);
     let mut out = RecoveryOutcome {
         job_id: job.id,
         recovery_type: job.recovery_type,
         is_emergency: job.is_emergency,
         recovery_point_id: job.recovery_point_id,
         target_directory: job.target_directory.clone(),
-        prefixes: prefixes.clone(),
+        prefixes: match &prefixes {
+            Ok(p) => p.clone(),
+            Err(_) => job.path_prefixes.clone(),
+        },
         status: "failed".into(),
         error: None,
         files_total: 0,
@@ -159,6 +161,14 @@ pub fn execute(
     out
 }
 
+/// The prefixes a job walks ([`PathPrefixes::walk`]), or, when the server sent prefixes that
+/// break the shared rules, the job's error message.
+pub(super) fn job_walk(prefixes: &[String]) -> Result<Vec<String>, String> {
+    PathPrefixes::parse(prefixes)
+        .map(|p| p.walk())
+        .map_err(|e| format!("the job's path prefixes cannot be restored: {e}"))
+}
+
 /// The steps up to the validation; `Err` is the job's error message.
 #[allow(clippy::too_many_arguments)]
 fn run_job(
@@ -169,9 +179,16 @@ fn run_job(
     job: &RecoveryJobInfo,
     opts: &ExecuteOptions,
     progress: &JobProgress,
-    prefixes: &[String],
+    prefixes: &Result<Vec<String>, String>,
     out: &mut RecoveryOutcome,
 ) -> Result<(), String> {
+    let prefixes = match prefixes {
+        Ok(p) => p.as_slice(),
+        Err(msg) => {
+            journal.log("claimed", "error", msg.clone(), None);
+            return Err(msg.clone());
+        }
+    };
     let what = if prefixes == [String::new()] {
         "everything".to_string()
     } else {

@@ -4,7 +4,9 @@
 //! One claimed job ([`execute`]) goes through these steps, each logged to the server
 //! (`recovery_logs`), with one entry per problem:
 //!
-//! 1. **claimed** — what is restored, from which point, into which folder.
+//! 1. **claimed** — what is restored, from which point, into which folder. The job's path
+//!    prefixes are checked by the shared rules ([`keepsake_common::prefix`]); invalid ones fail
+//!    the job here, before anything is listed or written.
 //! 2. **space_check** — before anything is written: the sizes of the files to restore (the
 //!    point's listing under the job's path prefixes, less files already complete in the target)
 //!    against the free space of the target's file system ([`free_space`]). Not enough: the job
@@ -25,7 +27,7 @@
 //!
 //! Where things live: `claim` (asking the server for the next job, the daemon's loop), `execute`
 //! (running one job through the steps), `plan` (listing a point, the space check), `validate`
-//! (re-reading a restored tree), `prefixes` (the prefixes a job walks), `report` (the job's log entries and progress reports),
+//! (re-reading a restored tree), `report` (the job's log entries and progress reports),
 //! `progress` (live counters for displays), `outcome` (what a job did), `drill`.
 //!
 //! When the process dies mid-job nothing here is lost that a rerun cannot redo. The claim is a
@@ -45,7 +47,6 @@ mod drill;
 mod execute;
 mod outcome;
 mod plan;
-mod prefixes;
 mod progress;
 mod report;
 mod validate;
@@ -67,7 +68,6 @@ pub use plan::{
     check_space, for_each_entry, free_space, plan_restore, RestorePlan, SpaceCheck,
     TEST_FREE_BYTES_ENV,
 };
-pub use prefixes::normalize_prefixes;
 pub use progress::{phase, JobProgress};
 pub use validate::{validate, validate_from, ValidateProgress, MAX_PROBLEMS_LISTED};
 

@@ -22,7 +22,8 @@ pub struct RecoveryOutcome {
     pub recovery_point_id: Option<Uuid>,
     /// The target folder.
     pub target_directory: Option<String>,
-    /// The prefixes restored (`[""]`: everything).
+    /// The prefixes restored (`[""]`: everything); as the job named them when they break the
+    /// rules ([`keepsake_common::prefix`]).
     pub prefixes: Vec<String>,
     /// `completed` or `failed` (as reported to the server).
     pub status: String,

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use keepsake_common::api::{FileAtPoint, FileKind};
 use keepsake_common::ids::ChunkIdKey;
+use keepsake_common::prefix::walk_list;
 
+use super::execute::job_walk;
 use super::validate::{beside, check_file, path_key, Check};
 use super::*;
 use crate::restore::target::Target;
@@ -18,14 +20,35 @@ fn v(a: &[&str]) -> Vec<String> {
 
 #[test]
 fn prefixes_are_normalised() {
-    assert_eq!(normalize_prefixes(&[]), v(&[""]));
-    assert_eq!(normalize_prefixes(&v(&["a", ""])), v(&[""]));
-    assert_eq!(normalize_prefixes(&v(&["/a/", "a"])), v(&["a"]));
+    assert_eq!(walk_list(&[]), v(&[""]));
+    assert_eq!(walk_list(&v(&["a", ""])), v(&[""]));
+    assert_eq!(walk_list(&v(&["/a/", "a"])), v(&["a"]));
     assert_eq!(
-        normalize_prefixes(&v(&["a/b", "a", "ab", "a.txt", "c/d"])),
+        walk_list(&v(&["a/b", "a", "ab", "a.txt", "c/d"])),
         v(&["a", "a.txt", "ab", "c/d"])
     );
-    assert_eq!(normalize_prefixes(&v(&["a/b/c", "a/b"])), v(&["a/b"]));
+    assert_eq!(walk_list(&v(&["a/b/c", "a/b"])), v(&["a/b"]));
+}
+
+#[test]
+fn a_jobs_prefixes_are_checked_before_they_are_walked() {
+    assert_eq!(job_walk(&[]).unwrap(), v(&[""]));
+    assert_eq!(
+        job_walk(&v(&["2025/Smith/", "2025", "2024/Jones"])).unwrap(),
+        v(&["2024/Jones", "2025"])
+    );
+    // Prefixes the server should never have sent are the job's error, not a panic.
+    for bad in ["/etc", "..", "a/../b", "", "a//b"] {
+        let e = job_walk(&v(&[bad])).unwrap_err();
+        assert!(
+            e.starts_with("the job's path prefixes cannot be restored: path prefix"),
+            "{e}"
+        );
+    }
+    let many: Vec<String> = (0..1001).map(|i| format!("d{i}")).collect();
+    assert!(job_walk(&many)
+        .unwrap_err()
+        .contains("at most 1000 path_prefixes"));
 }
 
 #[test]

@@ -15,9 +15,10 @@ use keepsake_common::api::{FileAtPoint, FileKind, ValidationReport};
 use keepsake_common::ids::ChunkIdKey;
 use keepsake_common::mac::EntryMacKey;
 use keepsake_common::path::wire_path_bytes;
+use keepsake_common::prefix::walk_list;
 use uuid::Uuid;
 
-use super::{io_at, normalize_prefixes, RecoveryError};
+use super::{io_at, RecoveryError};
 use crate::client::ApiClient;
 use crate::restore::names::{beside_path, local_rel_path, os_bytes, NameRules};
 use crate::restore::target::{file_meta, Dir, Kind, Target};
@@ -211,7 +212,7 @@ pub fn validate_from(
     case_insensitive: Option<bool>,
     progress: &ValidateProgress,
 ) -> Result<ValidationReport, RecoveryError> {
-    let prefixes = normalize_prefixes(prefixes);
+    let prefixes = walk_list(prefixes);
     let opened = match Target::open(target, false) {
         Ok(t) => Some(t),
         Err(e) if e.is_not_found() => None,
