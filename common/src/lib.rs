@@ -13,6 +13,8 @@
 //! 4. [`framing`] batches sealed blobs into one upload body;
 //! 5. [`delta`] records the job's file changes (with [`path`] rules for names), each entry sealed
 //!    with the agent's [`mac`].
+//!
+//! Recovery jobs name what to restore with path prefixes, whose rules live in [`prefix`].
 
 pub mod api;
 pub mod chunking;
@@ -24,3 +26,4 @@ pub mod ids;
 pub mod keys;
 pub mod mac;
 pub mod path;
+pub mod prefix;

@@ -1,10 +1,12 @@
 //! Validation of what a recovery request names: the target folder on the target machine, the
-//! path prefixes to restore (normalised the way the database's `relative_paths_valid` wants
-//! them), and what each recovery type requires of the paths and the point.
+//! path prefixes to restore (checked and cleaned up by the rules shared with the agent,
+//! [`keepsake_common::prefix`], which are the database's `relative_paths_valid`), and what each
+//! recovery type requires of the paths and the point.
 //!
 //! Pure checks: no table, no statement, no state, so nothing here is affected by a crash.
 
 use keepsake_common::api::{NewRecoveryJob, RecoveryType};
+use keepsake_common::prefix::PathPrefixes;
 
 use super::{RecoveryError, Result};
 
@@ -31,46 +33,13 @@ pub fn validate_target_directory(dir: &str) -> Result<()> {
     Ok(())
 }
 
-/// Relative, '/'-separated paths without empty, `.` or `..` components (the database's
-/// `relative_paths_valid`). A trailing '/' is dropped; duplicates are removed.
+/// The job's path prefixes as it stores them: relative, '/'-separated, without empty, `.` or `..`
+/// components (the database's `relative_paths_valid`); a trailing '/' is dropped and duplicates
+/// are removed. The rules and messages are the shared ones ([`PathPrefixes::parse`]).
 pub fn normalize_prefixes(prefixes: &[String]) -> Result<Vec<String>> {
-    if prefixes.len() > 1000 {
-        return Err(RecoveryError::Invalid(
-            "at most 1000 path_prefixes per job".into(),
-        ));
-    }
-    let mut out: Vec<String> = Vec::with_capacity(prefixes.len());
-    for p in prefixes {
-        let trimmed = p.strip_suffix('/').unwrap_or(p);
-        let bad = |why: &str| {
-            RecoveryError::Invalid(format!(
-                "path prefix `{p}` {why}: prefixes are relative to the source root, '/'-separated, \
-                 without `.` or `..`"
-            ))
-        };
-        if trimmed.is_empty() {
-            return Err(bad("is empty"));
-        }
-        if trimmed.starts_with('/') {
-            return Err(bad("is absolute"));
-        }
-        if trimmed.len() > 32768 {
-            return Err(bad("is too long"));
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err(bad("contains control characters"));
-        }
-        if trimmed
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return Err(bad("has an empty, `.` or `..` component"));
-        }
-        if !out.iter().any(|x| x == trimmed) {
-            out.push(trimmed.to_string());
-        }
-    }
-    Ok(out)
+    PathPrefixes::parse(prefixes)
+        .map(PathPrefixes::into_vec)
+        .map_err(|e| RecoveryError::Invalid(e.to_string()))
 }
 
 /// What each recovery type requires of the paths and the point.

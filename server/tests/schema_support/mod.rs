@@ -1,4 +1,5 @@
-//! Shared helpers of the schema and isolation tests (included with `mod schema_support;`).
+//! Shared helpers of the schema and isolation tests (included with `mod schema_support;`, from a
+//! folder test with `#[path = "../schema_support/mod.rs"]`).
 #![allow(dead_code)]
 
 use keepsake_server::db::{set_identity, Actor};

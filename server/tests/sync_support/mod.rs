@@ -1,5 +1,5 @@
 //! The sync protocol as a test client speaks it: an HTTP client with a bearer token, and helpers
-//! to seal data, build packs and deltas, and read blobs back. Used by `sync_api.rs` and
+//! to seal data, build packs and deltas, and read blobs back. Used by `sync_api/` and
 //! `integrity.rs` (a hostile client is this client used against the rules).
 
 #![allow(dead_code)]
