@@ -2,9 +2,10 @@
 //! seal whose ID is already known, and the zstd compression context.
 //!
 //! Each benchmark pairs the path that sets everything up per call (`Chunker` per file,
-//! `seal_blob_with` hashing the chunk again) with the path that reuses it. The reusing side is
-//! the agent's pipeline forks (`agent/src/pipeline/chunker.rs` and `seal.rs`), compiled in here
-//! so that both sides run in the same harness.
+//! `seal_blob_with` hashing the chunk again) with the path that reuses it (`chunk_with` on one
+//! `Window`, `seal_blob_with_id`); compression runs with the per-thread zstd context. These
+//! benchmarks first measured the agent's forks of the reusing paths against the common crate's
+//! (see `docs/benchmarks.md`).
 //!
 //! Times are CPU time of the benchmark thread (Linux `/proc/thread-self/schedstat`; wall time
 //! elsewhere), so other processes on a shared machine distort them less than wall time.
@@ -14,18 +15,11 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use keepsake_common::chunking::Chunker;
+use keepsake_common::chunking::{chunk_with, Chunker, Cuts, Window};
 use keepsake_common::compress::{maybe_compress, DEFAULT_POLICY};
-use keepsake_common::crypto::seal_blob_with;
+use keepsake_common::crypto::{seal_blob_with, seal_blob_with_id};
 use keepsake_common::ids::{BlobId, ChunkIdKey};
 use keepsake_common::keys::AgeIdentity;
-
-#[allow(dead_code, unused_imports)]
-#[path = "../../agent/src/pipeline/chunker.rs"]
-mod fork_chunker;
-#[allow(dead_code, unused_imports)]
-#[path = "../../agent/src/pipeline/seal.rs"]
-mod fork_seal;
 
 const MIB: usize = 1024 * 1024;
 
@@ -107,14 +101,14 @@ fn reuse(c: &mut Criterion) {
             })
         })
     });
-    let cuts = fork_chunker::Cuts::keyed(&key);
-    let mut window = fork_chunker::Window::default();
+    let cuts = Cuts::keyed(&key);
+    let mut window = Window::default();
     g.bench_function("chunk_100_files/reused_window", |b| {
         b.iter_custom(|iters| {
             cpu_time(iters, || {
                 let mut n = 0usize;
                 for f in &files {
-                    let r = fork_chunker::chunk_with(&cuts, &mut window, &f[..], |c| {
+                    let r = chunk_with(&cuts, &mut window, &f[..], |c| {
                         n += c.len();
                         Ok::<(), ()>(())
                     });
@@ -148,7 +142,7 @@ fn reuse(c: &mut Criterion) {
         g.bench_function(format!("seal_{name}/id_given"), |b| {
             b.iter_custom(|iters| {
                 cpu_time(iters, || {
-                    fork_seal::seal_with_id(&recipients[0], id, black_box(&data), &DEFAULT_POLICY)
+                    seal_blob_with_id(&recipients, id, black_box(&data), &DEFAULT_POLICY)
                         .expect("seal")
                         .0
                         .ciphertext
@@ -158,21 +152,15 @@ fn reuse(c: &mut Criterion) {
         });
     }
 
-    for (name, data) in [("text_8KiB", sidecar(8 * 1024)), ("text_1MiB", sidecar(MIB))] {
+    for (name, data) in [
+        ("text_8KiB", sidecar(8 * 1024)),
+        ("text_1MiB", sidecar(MIB)),
+    ] {
         g.throughput(Throughput::Bytes(data.len() as u64));
         g.bench_function(format!("compress_{name}/common"), |b| {
             b.iter_custom(|iters| {
                 cpu_time(iters, || {
                     maybe_compress(black_box(&data), &DEFAULT_POLICY)
-                        .expect("compress")
-                        .1
-                })
-            })
-        });
-        g.bench_function(format!("compress_{name}/reused_context"), |b| {
-            b.iter_custom(|iters| {
-                cpu_time(iters, || {
-                    fork_seal::maybe_compress(black_box(&data), &DEFAULT_POLICY)
                         .expect("compress")
                         .1
                 })

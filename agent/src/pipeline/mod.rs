@@ -41,11 +41,9 @@
 //! reported as [`FileErrorKind::Changing`] for the caller to requeue.
 
 mod backup;
-mod chunker;
 mod delta;
 mod queue;
 mod read;
-mod seal;
 mod sink;
 
 use std::collections::HashSet;
@@ -58,8 +56,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use keepsake_common::chunking as chunker;
 use keepsake_common::compress::{CompressPolicy, Decision, DEFAULT_POLICY};
-use keepsake_common::crypto::CryptoError;
+use keepsake_common::crypto::{seal_blob_with_id, CryptoError};
 use keepsake_common::delta::{ChunkRef, Entry as DeltaEntry};
 use keepsake_common::ids::{BlobId, ChunkIdKey, ContentHash, ContentHasher};
 use keepsake_common::keys::{AgeRecipient, KeyError, OrgPublicKeys};
@@ -79,7 +78,6 @@ pub use delta::{
     CommitJournal, DeltaBuildError, DeltaBuilder, DeltaLimits, DeltaOutput, DeltaPart,
     JournalBatches,
 };
-pub use seal::seal_with_id;
 pub use sink::{
     BlobSink, CompactIdSet, DiscardSink, FramedFileSink, MemorySink, PackFile, SinkError,
     DEFAULT_PACK_TARGET,
@@ -644,7 +642,12 @@ fn sealer_loop(sh: Arc<Shared>) {
         }
         let t = Instant::now();
         let sealed = catch_unwind(AssertUnwindSafe(|| {
-            seal::seal_with_id(&sh.recipient, job.id, &job.data, &sh.opts.compress)
+            seal_blob_with_id(
+                std::slice::from_ref(&sh.recipient),
+                job.id,
+                &job.data,
+                &sh.opts.compress,
+            )
         }));
         drop(job);
         c.add(&c.seal_ns, t.elapsed().as_nanos() as u64);
