@@ -162,10 +162,30 @@ pub fn maybe_compress(
     }
 }
 
-/// Compresses `data` into one zstd frame that declares its content size.
+thread_local! {
+    /// One compression context per thread, with the level it was made for. Creating a context
+    /// per chunk was ~6 % of the CPU time of a backup of small sidecars; a one-shot compression
+    /// starts a new frame and keeps only the parameters (the level), so reusing the context
+    /// changes nothing in the output.
+    static CCTX: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+/// Compresses `data` into one zstd frame that declares its content size, with this thread's
+/// compression context (made on first use, and again when the level changes).
 pub fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, CompressError> {
-    // zstd::bulk sets the pledged source size, so the frame header carries the content size.
-    zstd::bulk::compress(data, level).map_err(|e| CompressError::Zstd(e.to_string()))
+    let zstd_err = |e: std::io::Error| CompressError::Zstd(e.to_string());
+    CCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).map_err(zstd_err)?));
+        }
+        match slot.as_mut() {
+            // The bulk compressor sets the pledged source size, so the frame header carries the
+            // content size.
+            Some((_, c)) => c.compress(data).map_err(zstd_err),
+            None => Err(CompressError::Zstd("no compression context".into())),
+        }
+    })
 }
 
 /// Decodes a payload of `codec`, refusing output larger than `max_len`.

@@ -81,13 +81,24 @@ pub fn seal_blob_with(
     chunk: &[u8],
     policy: &CompressPolicy,
 ) -> Result<(SealedBlob, Decision), CryptoError> {
-    if recipients.is_empty() {
-        return Err(CryptoError::NoRecipients);
-    }
-    if chunk.len() > MAX_PLAIN_LEN {
-        return Err(CryptoError::TooLarge(chunk.len()));
-    }
-    let id = BlobId::of(key, chunk);
+    check_sealable(recipients, chunk)?;
+    seal_blob_with_id(recipients, BlobId::of(key, chunk), chunk, policy)
+}
+
+/// Seals `chunk` whose blob ID the caller has already computed: [`seal_blob_with`] without its
+/// keyed BLAKE3 pass over the chunk.
+///
+/// The agent's readers need every chunk's ID before sealing (to skip chunks the server or the
+/// run already has), so hashing it again here would cost a second pass over every new chunk
+/// (~0.16 CPU-seconds per GB). `id` must be `BlobId::of(key, chunk)`: a blob sealed under any
+/// other ID is refused by [`open_blob`] (`IdMismatch`), never read back as that chunk.
+pub fn seal_blob_with_id(
+    recipients: &[x25519::Recipient],
+    id: BlobId,
+    chunk: &[u8],
+    policy: &CompressPolicy,
+) -> Result<(SealedBlob, Decision), CryptoError> {
+    check_sealable(recipients, chunk)?;
     let (compressed, decision) = compress::maybe_compress(chunk, policy)?;
     let (codec, payload): (Codec, &[u8]) = match &compressed {
         Some(c) => (Codec::Zstd, c),
@@ -108,11 +119,10 @@ pub fn seal_blob_with(
     w.write_all(payload).map_err(enc_err)?;
     w.finish().map_err(enc_err)?;
     let cipher_hash = CipherHash(*out.hasher.finalize().as_bytes());
-    let out = out.buf;
     Ok((
         SealedBlob {
             id,
-            ciphertext: out,
+            ciphertext: out.buf,
             cipher_hash,
             plain_len: chunk.len() as u32,
             codec,
@@ -121,6 +131,18 @@ pub fn seal_blob_with(
     ))
 }
 
+/// The checks before sealing: someone to encrypt to, and a chunk within the size limit.
+fn check_sealable(recipients: &[x25519::Recipient], chunk: &[u8]) -> Result<(), CryptoError> {
+    if recipients.is_empty() {
+        return Err(CryptoError::NoRecipients);
+    }
+    if chunk.len() > MAX_PLAIN_LEN {
+        return Err(CryptoError::TooLarge(chunk.len()));
+    }
+    Ok(())
+}
+
+/// Collects the ciphertext and hashes it as it is written.
 struct HashingWriter {
     buf: Vec<u8>,
     hasher: blake3::Hasher,

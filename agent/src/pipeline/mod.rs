@@ -40,12 +40,10 @@
 //! and retried after a backoff (without blocking a reader) up to `max_attempts` times, then
 //! reported as [`FileErrorKind::Changing`] for the caller to requeue.
 
-mod chunker;
 mod delta;
 mod options;
 mod queue;
 mod read;
-mod seal;
 mod sink;
 mod task;
 
@@ -58,7 +56,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use keepsake_common::chunking as chunker;
 use keepsake_common::compress::Decision;
+use keepsake_common::crypto::seal_blob_with_id;
 use keepsake_common::delta::ChunkRef;
 use keepsake_common::ids::{BlobId, ChunkIdKey, ContentHash, ContentHasher};
 use keepsake_common::keys::{AgeRecipient, OrgPublicKeys};
@@ -71,7 +71,6 @@ use options::cpus;
 pub use options::{
     PipelineError, PipelineOptions, PipelineStats, StageTimes, ThreadHook, ThreadRole,
 };
-pub use seal::seal_with_id;
 pub use sink::{
     BlobSink, CompactIdSet, DiscardSink, FramedFileSink, MemorySink, PackFile, SinkError,
     DEFAULT_PACK_TARGET,
@@ -296,7 +295,12 @@ fn sealer_loop(sh: Arc<Shared>) {
         }
         let t = Instant::now();
         let sealed = catch_unwind(AssertUnwindSafe(|| {
-            seal::seal_with_id(&sh.recipient, job.id, &job.data, &sh.opts.compress)
+            seal_blob_with_id(
+                std::slice::from_ref(&sh.recipient),
+                job.id,
+                &job.data,
+                &sh.opts.compress,
+            )
         }));
         drop(job);
         c.add(&c.seal_ns, t.elapsed().as_nanos() as u64);

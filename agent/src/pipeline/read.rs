@@ -24,11 +24,10 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keepsake_common::chunking::DEFAULT_CONFIG;
+use keepsake_common::chunking::{chunk_with, ChunkStop, Window, DEFAULT_CONFIG};
 use keepsake_common::delta::ChunkRef;
 use keepsake_common::ids::{BlobId, ContentHash};
 
-use super::chunker::{chunk_with, ChunkStop, Window};
 use super::queue::SealJob;
 use super::{FileErrorKind, FileResult, FileTask, Shared};
 use crate::detect::Stat;
