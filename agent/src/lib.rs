@@ -1,18 +1,27 @@
 //! The Keepsake agent (`keepsake`): change detection, local catalog, backup pipeline, upload and
 //! restore.
 //!
-//! Modules, each named after what it owns:
+//! Modules, each named after what it owns, in the order a backup passes through them:
 //!
-//! * [`exclude`] — the exclusion matcher (gitignore semantics over layered rule sources, marker
-//!   files, size limit), answering "which rule matched and why".
-//! * [`scan`] — the streaming scanner of one source root.
+//! * [`home`] — the agent's home folder: every file name in it, the machine's credentials, the
+//!   cached policy, and the one place that opens the catalog.
+//! * [`exclude`] — the exclusion rules: one `config` layering built-in defaults, the server's
+//!   organisation/machine/source rules, the local file and flags; the matcher answers "which rule
+//!   matched and why".
+//! * [`detect`] — what changed: the streaming scanner of a source root, the stat fingerprint,
+//!   the plan (scan merged with the catalog) and the file-system watcher.
+//! * [`backup`] — the one orchestrator of a backup run (classify, wedding-critical pass, main
+//!   pass), to the server or to a local sink.
+//! * [`pipeline`] — read, chunk, hash, dedup, seal and emit file contents; the job delta.
+//! * [`upload`] — packs and deltas sent to the server, resumable.
+//! * [`client`] — the HTTP client of the server's API, with failover across server URLs.
 //! * [`catalog`] — the local SQLite catalog (schema, migrations, crash-safe writes).
-//! * [`plan`] — scan merged with catalog: what changed since the last committed state.
-//! * [`pipeline`] — the backup pipeline: read, chunk, hash, dedup, seal, emit; the job delta.
-//! * [`restore`] — restoring a recovery point (or part of it) into a folder.
+//! * [`restore`] — restoring a recovery point (or part of it) into a folder, never outside it.
 //! * [`recovery`] — recovery requests made centrally and executed here: space check, restore,
 //!   validation, progress and logs to the server; restore drills.
-//! * [`cli`] — the `keepsake` command line.
+//! * [`enroll`] — enrolling this machine with an organisation.
+//! * [`daemon`] — `keepsake run`: the real-time loop, schedules, offline queue, heartbeat.
+//! * [`cli`] — the `keepsake` command line, one file per command.
 //! * [`relpath`] — paths relative to a source root as raw OS bytes.
 //! * [`units`] — byte sizes for people.
 #![warn(missing_docs)]
