@@ -1,4 +1,6 @@
 //! `keepsake`: the Keepsake agent and command line.
+//!
+//! Crash behaviour: see the modules; `main` only hands the command line to `cli`.
 
 use std::process::ExitCode;
 

@@ -5,6 +5,9 @@
 //! converts a path to a `String` except for display: [`RelPath`] stores the bytes, with `/` as
 //! the separator on every platform, no leading or trailing separator and no `.`/`..`
 //! components. The empty path is the source root itself.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::borrow::Cow;
 use std::fmt;

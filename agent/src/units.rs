@@ -1,4 +1,7 @@
 //! Byte sizes: parsing what users type (`4G`, `500MiB`) and printing sizes for people.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 /// A size could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

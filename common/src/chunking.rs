@@ -26,6 +26,9 @@
 //!
 //! Memory: either holds one window of `2 * max` bytes (8 MiB by default), whatever the size of
 //! the file; the iterator also holds the chunk it is handing out.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::borrow::Cow;
 use std::io::{self, Read};

@@ -13,6 +13,9 @@
 //!    kept only if it saves at least [`CompressPolicy::min_saving`] (5 %) of the chunk.
 //!
 //! The zstd frames written here always carry their content size, which the reader checks.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::cell::RefCell;
 

@@ -5,6 +5,9 @@
 //! recipient. [`open_blob`] decrypts, decodes and then checks that the keyed BLAKE3 of the result
 //! equals the blob ID that was asked for: a swapped, truncated, extended or bit-flipped blob is an
 //! error, never silently wrong data.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::io::{Read, Write};
 

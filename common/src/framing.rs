@@ -39,6 +39,9 @@
 //! The functions on [`StreamHeader`], [`FrameHeader`], [`Trailer`] and [`StreamValidator`] do no
 //! IO (sans-IO), so an async server drives them with its own reads; [`FrameWriter`] and
 //! [`FrameReader`] are the blocking `std::io` drivers used by the agent and tests.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::io::{self, Read, Write};
 

@@ -10,6 +10,9 @@
 //!   scrub what it stores without any key.
 //!
 //! All of them print and parse as 64 lowercase hex digits and serialise (serde) as that string.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::fmt;
 use std::str::FromStr;

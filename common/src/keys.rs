@@ -11,6 +11,9 @@
 //!   scrypt stanza next to other stanzas in one file, hence one envelope per method. The server
 //!   stores only this bundle.
 //! * [`PaperKey`] — an age X25519 identity meant to be printed (`AGE-SECRET-KEY-1…`).
+//!
+//! Crash behaviour: none here; keys and bundles are values, and whoever stores a bundle (the
+//! agent's home, the server's database) owns writing it durably.
 
 use std::fmt;
 use std::io::{Read, Write};

@@ -15,6 +15,9 @@
 //!    with the agent's [`mac`].
 //!
 //! Recovery jobs name what to restore with path prefixes, whose rules live in [`prefix`].
+//!
+//! Crash behaviour: nothing in this crate holds state between calls or writes files, so a crash can
+//! only lose the call in progress; durability is the agent's and the server's business.
 
 pub mod api;
 pub mod chunking;

@@ -11,6 +11,9 @@
 //! UTF-8 sequences, every byte of a character that is itself in `U+F700..=U+F7FF`, a backslash, and
 //! the ':' of a leading drive-letter-like component. Because of that last two rules the display
 //! form is injective — it alone determines the bytes — so the server can key files by `path`.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::path::{Path, PathBuf};
 

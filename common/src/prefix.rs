@@ -16,6 +16,9 @@
 //!   (`a` covers `a/b`, not `ab`), and `[""]` for the whole tree.
 //!
 //! Pure functions: no IO, no state.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::fmt;
 

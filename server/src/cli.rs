@@ -1,4 +1,8 @@
 //! The `keepsake-server` command line.
+//!
+//! Crash behaviour: the command line keeps no state of its own; the changes of `migrate` and the
+//! admin commands are made in the data layer's transactions, so a crash leaves each of those
+//! transactions whole or absent and a command can be run again.
 
 use std::process::ExitCode;
 

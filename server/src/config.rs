@@ -1,4 +1,6 @@
 //! Server configuration: defaults < config file < environment < command-line flags.
+//!
+//! Crash behaviour: none; configuration is read at start and never written.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

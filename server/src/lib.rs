@@ -2,6 +2,9 @@
 //!
 //! The binary is a thin wrapper around [`cli::main`], so tests can run the server in-process with
 //! [`app::start`].
+//!
+//! Crash behaviour: the server keeps its state in PostgreSQL and on its destinations; each module's
+//! note says what a crash leaves.
 
 pub mod app;
 pub mod auth;

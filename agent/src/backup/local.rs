@@ -13,6 +13,11 @@
 //! parent sequence go into the delta header), uploading what the sink emitted, sending the
 //! delta parts, committing, and then applying the commit journal to the catalog with
 //! `Catalog::record_commit` and the confirmed blobs with `Catalog::record_server_blobs`.
+//!
+//! Crash behaviour: nothing here marks a file as backed up. The plan's catalog writes are batched
+//! with its checkpoint, and a file's new version counts as committed only when the caller applies
+//! the commit journal after the server's commit, so a run killed midway leaves the same files new
+//! or modified for the next run; blobs the server already holds are found known and not sent again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,8 @@
 //! `keepsake drill`: restore a sample of recent files into a scratch folder, validate them and
 //! report the result to the server.
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::io::Write;
 use std::path::Path;

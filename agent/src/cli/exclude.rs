@@ -1,5 +1,8 @@
 //! `keepsake exclude`, the exclusion subcommands: `exclude test` says whether a path is excluded,
 //! by which rule and why.
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,8 @@
 //! How the commands get the organisation's keys: the passphrase / paper-key flags
 //! ([`SecretArgs`]), the key kept in the home, unsealing the server's bundle, and key files.
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,7 @@
 //! `keepsake lock`: remove the unsealed key kept by `keepsake unlock --remember`.
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::io::Write;
 use std::path::Path;

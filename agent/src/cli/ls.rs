@@ -1,4 +1,7 @@
 //! `keepsake ls`: list the files of a recovery point.
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::io::Write;
 use std::path::Path;

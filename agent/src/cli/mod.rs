@@ -16,6 +16,9 @@
 //! ([`EXIT_FAILED`]); 2 usage error; 3 the scan, pack or backup completed but some paths could
 //! not be read, listed in the output ([`EXIT_PARTIAL`]); 4 `status --path`: some files of the
 //! folder are not yet safe on the server ([`EXIT_NOT_SAFE`]).
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 mod backup;
 mod drill;

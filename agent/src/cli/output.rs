@@ -1,5 +1,8 @@
 //! Output shared by the commands: the `--json` printers and the human lines several commands
 //! print the same way.
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::io::Write;
 

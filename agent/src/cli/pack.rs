@@ -1,5 +1,9 @@
 //! `keepsake pack`: an offline backup of a folder into encrypted packs and the job delta,
 //! without a server.
+//!
+//! Crash behaviour: `keepsake pack` plans against an empty in-memory catalog and records nothing in
+//! the home; a killed run leaves the files written so far in the output folder, and running it
+//! again starts over.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

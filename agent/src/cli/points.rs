@@ -1,5 +1,8 @@
 //! `keepsake points`: list recovery points; and the `--point` argument (`latest` or an id) of
 //! `ls` and `restore`.
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::io::Write;
 use std::path::Path;

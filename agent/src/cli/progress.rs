@@ -1,5 +1,8 @@
 //! The progress bar the commands show on stderr while they work: one builder, one look per
 //! command, hidden with `--json` or when stderr is not a terminal.
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,5 +1,8 @@
 //! `keepsake recover`: execute the recovery requests made for this machine (restore, validate,
 //! report), or list them (`--list`).
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::io::Write;
 use std::path::Path;

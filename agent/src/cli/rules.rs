@@ -1,5 +1,8 @@
 //! The exclusion flags shared by `scan`, `exclude test`, `pack`, `backup` and `run`
 //! ([`RuleArgs`]), and the matcher they build with the one exclusion builder.
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::path::Path;
 

@@ -1,5 +1,8 @@
 //! `keepsake scan`: what would be backed up from a folder: counts, sizes, changes since the
 //! catalog, what the exclusions removed, errors.
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,8 @@
 //! `keepsake status`: the daemon's state, or whether every file of a folder is safe on the
 //! server (`--path`).
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;

@@ -1,5 +1,8 @@
 //! `keepsake unlock`: check the passphrase; with `--remember` keep the unsealed key in the home
 //! for the daemon (when the organisation allows it).
+//!
+//! Crash behaviour: the command keeps no state of its own; it parses, calls and prints, so a crash
+//! leaves what the modules it calls leave (see their notes).
 
 use std::io::Write;
 use std::path::Path;

@@ -4,6 +4,10 @@
 //! errors, timeouts, 429 and 5xx answers are retried with exponential backoff and jitter, moving to
 //! the next server URL of the list when one does not answer. 4xx answers are not retried; they
 //! come back as [`ClientError::Api`] with the server's message.
+//!
+//! Crash behaviour: the client keeps nothing on disk. Because every call is idempotent, a crash or
+//! a lost answer is repaired by making the same call again; the server's leases end jobs nobody
+//! comes back for.
 
 use std::io::Read;
 use std::path::Path;

@@ -19,6 +19,12 @@
 //! deadline. The rest by concern: `lock.rs` (one daemon per home), `status.rs` (the status file
 //! and the heartbeat), `policy.rs` (the policy, upload window, schedules, recovery requests and
 //! drills) and `runs.rs` (a source's backup, backoff and the offline queue).
+//!
+//! Crash behaviour: the daemon's durable state is the catalog's (pending files, queue, jobs). The
+//! lock is an `flock` the kernel drops with the process; the status file keeps the dead daemon's
+//! last state until the next daemon writes its own, and `keepsake status` tells the two apart by
+//! probing the lock. A daemon started after a crash reconciles every source against the catalog,
+//! so a change seen but not committed before the crash is found again.
 
 mod lock;
 mod policy;

@@ -2,6 +2,9 @@
 //! goes. The scanner records it, the catalog compares it with what it saw last, and the reader
 //! compares it before and after reading a file to refuse torn copies — all with
 //! [`Stat::same_version`]. Plain data; nothing is stored here.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::fs;
 #[cfg(not(unix))]

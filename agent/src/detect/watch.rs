@@ -4,6 +4,10 @@
 //! The watcher only says "this source changed" — it never decides what to back up. Every backup
 //! run rescans the source against the catalog (fast for unchanged trees), so a lost or merged
 //! event can delay a change until the next run but never lose it.
+//!
+//! Crash behaviour: notifications live only in memory, so a crash loses the ones not yet acted on;
+//! the daemon reconciles every source with a full scan when it starts again, which finds those
+//! changes.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};

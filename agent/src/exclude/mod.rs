@@ -20,6 +20,9 @@
 //! As in git, a path inside an excluded directory is excluded even if a later `!` pattern
 //! names it: the scanner never descends into an excluded directory, and
 //! [`Matcher::decide`] checks the ancestors first, so both answer the same.
+//!
+//! Crash behaviour: none; the matcher only reads rule files and answers questions, it writes
+//! nothing.
 
 mod config;
 mod rules;

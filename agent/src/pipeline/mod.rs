@@ -12,15 +12,17 @@
 //!
 //! # Threads
 //!
-//! `readers` reader threads (default: one per CPU) take files from a priority queue; each opens
-//! its file, chunks it (the organisation's keyed FastCDC, or SQLite pages: the cuts of
-//! `keepsake_common::chunking::Chunker`, with a window reused across files), computes the content hash and each
-//! chunk's blob ID, asks the sink whether the blob is [`BlobSink::known`] and the run whether it
-//! already sealed it, and queues only new chunks for the `sealers` sealer threads (default: one
-//! per CPU), which compress where it pays, age-encrypt and [`BlobSink::emit`]. A single large
-//! file therefore keeps every core busy: one thread reads and hashes it while the others seal
-//! its chunks; many small files are read in parallel. Readers and sealers together are twice
-//! the CPU count, so whichever stage is the bottleneck gets all the cores.
+//! `readers` reader threads (default: one per CPU) take files from a priority queue; each opens its
+//! file, chunks it (the organisation's keyed FastCDC, or SQLite pages:
+//! `keepsake_common::chunking::chunk_with`, on a window the reader keeps from file to file),
+//! computes the content hash and each chunk's blob ID, asks the sink whether the blob is
+//! [`BlobSink::known`] and the run whether it already sealed it, and queues only new chunks for the
+//! `sealers` sealer threads (default: one per CPU), which compress where it pays, age-encrypt
+//! (`keepsake_common::crypto::seal_blob_with_id`: the reader's blob ID is not computed again) and
+//! [`BlobSink::emit`]. A single large file therefore keeps every core busy: one thread reads and
+//! hashes it while the others seal its chunks; many small files are read in parallel. Readers and
+//! sealers together are twice the CPU count, so whichever stage is the bottleneck gets all the
+//! cores.
 //!
 //! # Memory
 //!
@@ -39,6 +41,10 @@
 //! after, the byte count, the path's `lstat` and the racy window; a failed attempt is discarded
 //! and retried after a backoff (without blocking a reader) up to `max_attempts` times, then
 //! reported as [`FileErrorKind::Changing`] for the caller to requeue.
+//!
+//! Crash behaviour: the pipeline keeps its work in memory (files in flight, chunks waiting for a
+//! sealer) and writes nothing but through its sink; a crash loses that work, and the next run reads
+//! those files again because nothing recorded them as backed up.
 
 mod delta;
 mod options;

@@ -1,5 +1,8 @@
 //! The pipeline's tunables ([`PipelineOptions`]), its errors and its counters
 //! ([`PipelineStats`], [`StageTimes`]). Plain data.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

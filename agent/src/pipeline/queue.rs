@@ -6,6 +6,9 @@
 //! * [`SealQueue`]: chunks waiting to be sealed, bounded in **bytes**: a reader blocks while the
 //!   plaintext queued or being sealed would exceed the memory budget (one chunk is always let
 //!   through, so a chunk larger than the budget cannot dead-lock).
+//!
+//! Crash behaviour: in-memory only; a crash loses the queued files and chunks, which the next run
+//! plans again.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};

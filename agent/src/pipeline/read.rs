@@ -17,6 +17,9 @@
 //!
 //! Any failed check makes the attempt a retry; the result of a failed attempt is discarded (its
 //! blobs, already emitted, are harmless: nothing references them).
+//!
+//! Crash behaviour: a reader only reads the file and hands chunks on; a crash mid-file leaves the
+//! file untouched and the read to be redone by the next run.
 
 use std::cell::Cell;
 use std::fs::{self, File};

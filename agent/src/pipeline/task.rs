@@ -1,6 +1,9 @@
 //! What goes into the pipeline and what comes out, per file: a [`FileTask`] (where the file is and
 //! what the scan saw), a [`FileResult`] (the content hash and chunk list of a file read
 //! completely and consistently) or a [`FileError`]. Plain data.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::path::{Path, PathBuf};
 

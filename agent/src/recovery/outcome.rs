@@ -1,6 +1,9 @@
 //! What executing one job did ([`RecoveryOutcome`], printed by `keepsake recover` and logged by
 //! the daemon), and adding up the reports of several restores (one per prefix, or per drilled
 //! file). Plain values: nothing here touches the disk or the server.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use keepsake_common::api::{RecoveryType, ValidationReport};
 use serde::Serialize;

@@ -1,5 +1,7 @@
 //! Unit tests of the recovery module: prefixes as a job walks them, free space, the names the
 //! validation looks for, and re-reading a file by size and keyed hash.
+//!
+//! Tests only; they write into temporary folders that are removed when they end.
 
 use std::ffi::OsStr;
 use std::fs;

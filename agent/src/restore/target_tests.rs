@@ -1,4 +1,6 @@
 //! Tests of the target layer (no server needed).
+//!
+//! Tests only; they write into temporary folders that are removed when they end.
 
 use super::*;
 use std::fs;

@@ -1,5 +1,7 @@
 //! Unit tests of the restore's small pieces (the whole restore is tested against an in-memory
 //! source in `agent/tests/restore_local.rs`).
+//!
+//! Tests only; they write into temporary folders that are removed when they end.
 
 use super::*;
 use keepsake_common::api::BlobCopy;

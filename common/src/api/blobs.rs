@@ -1,5 +1,7 @@
 //! Blobs and packs: which blobs the server lacks, adopting another machine's copies, pack
 //! uploads and blob reads, with their size limits.
+//!
+//! Crash behaviour: none; plain wire types, no state.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

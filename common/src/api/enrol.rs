@@ -1,5 +1,7 @@
 //! Organisations, tokens and enrolment: creating an organisation, enrolment and user tokens,
 //! an agent's enrolment, and who the caller is.
+//!
+//! Crash behaviour: none; plain wire types, no state.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

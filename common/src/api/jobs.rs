@@ -1,5 +1,7 @@
 //! Sources, backup jobs and commits: registering a watched root, starting a job, storing its
 //! delta parts, committing or failing it.
+//!
+//! Crash behaviour: none; plain wire types, no state.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

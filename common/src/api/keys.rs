@@ -1,5 +1,7 @@
 //! The organisation's registered data keys: the public recipient and the sealed key bundle
 //! (never a private key), listed and registered.
+//!
+//! Crash behaviour: none; plain wire types, no state.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

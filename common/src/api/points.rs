@@ -1,5 +1,7 @@
 //! Recovery points and browsing them: a point's summary and the files, links and folders live
 //! at it, with the metadata each entry's MAC covers.
+//!
+//! Crash behaviour: none; plain wire types, no state.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

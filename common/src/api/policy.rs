@@ -1,5 +1,7 @@
 //! Policy and heartbeats: the exclusion, wedding-critical and schedule rules and supplier
 //! settings an agent follows, what it reports back, and the requests that add rules.
+//!
+//! Crash behaviour: none; plain wire types, no state.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

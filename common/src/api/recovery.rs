@@ -1,6 +1,8 @@
 //! Recovery jobs, requested centrally and executed by the target agent (only agents can
 //! decrypt): requesting, claiming, progress, logs, the post-restore validation, finishing, and
 //! restore drills.
+//!
+//! Crash behaviour: none; plain wire types, no state.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

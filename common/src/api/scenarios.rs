@@ -1,5 +1,7 @@
 //! Disaster scenarios (`disaster_scenarios`): what a scenario prescribes, and starting the
 //! recovery jobs it calls for.
+//!
+//! Crash behaviour: none; plain wire types, no state.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

@@ -1,6 +1,8 @@
 //! The state of a source at a recovery point: the live file versions under a path prefix, in
 //! path order, page by page (keyset pagination), with each file's chunk list from the machine
 //! that committed it, and each entry's MAC so the reader can check it. Read-only.
+//!
+//! Crash behaviour: read-only, so a crash changes nothing.
 
 use keepsake_common::api::{FileAtPoint, FileKind};
 use keepsake_common::delta::ChunkRef;

@@ -3,6 +3,10 @@
 //! Each file runs in its own transaction and is recorded in `keepsake_migrations` with a checksum;
 //! an applied file that was edited afterwards is an error, never silently re-run. A session-level
 //! advisory lock makes concurrent server starts against one database safe.
+//!
+//! Crash behaviour: a server killed while migrating leaves the file in progress unapplied (its
+//! transaction rolls back) and the advisory lock released with its session; the next start applies
+//! it again.
 
 use tokio_postgres::Client;
 

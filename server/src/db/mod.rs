@@ -7,6 +7,10 @@
 //! server's own background work) and its organisation are set with `set_config(..., true)` at the
 //! start of each transaction ([`begin`]); being transaction-local, nothing survives into the next
 //! transaction on a pooled connection.
+//!
+//! Crash behaviour: all state is PostgreSQL's. A transaction the server did not commit (the process
+//! died, the connection dropped) is rolled back by PostgreSQL, and the identity settings are
+//! transaction-local, so a pooled connection never carries one over.
 
 pub mod agents;
 pub mod blobs;

@@ -4,6 +4,10 @@
 //! Writes are atomic: a pack becomes visible under its final key only when it is complete (the
 //! local backend writes to a temporary file and renames it; S3 completes a multipart upload).
 //! Local writes are fsynced (file and directory) before they count as stored.
+//!
+//! Crash behaviour: a crash mid-write leaves at most a temporary file (local) or an unfinished
+//! multipart upload (S3), never a partial pack under its final key; a pack stored but not yet
+//! indexed by the caller is unreferenced, and nothing removes such packs yet.
 
 use std::fmt;
 use std::ops::Range;

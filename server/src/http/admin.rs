@@ -1,4 +1,7 @@
 //! Administration: organisations (platform), enrolment and user tokens, agents.
+//!
+//! Crash behaviour: the handlers keep no state; their changes are the data layer's transactions,
+//! whole or absent after a crash.
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};

@@ -1,5 +1,9 @@
 //! Blobs: which are missing, pack uploads, adoptions, and reads for restores. Handlers only; the
 //! SQL is in `crate::packs`.
+//!
+//! Crash behaviour: a pack is stored durably on the destination before its index is written in one
+//! transaction; a crash between the two leaves an unreferenced pack (the agent uploads its blobs
+//! again, and nothing removes such packs yet), never an index entry without its pack.
 
 use std::collections::HashMap;
 

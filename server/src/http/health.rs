@@ -1,4 +1,6 @@
 //! Liveness and readiness probes.
+//!
+//! Crash behaviour: read-only probes; nothing to lose.
 
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -1,4 +1,8 @@
 //! Sources and backup jobs: start, delta parts, commit, fail.
+//!
+//! Crash behaviour: delta parts are staged and the commit is one transaction (`catalog::commit`),
+//! so a crash mid-commit leaves no half point; the agent commits again, and a job nobody returns to
+//! ends when its lease runs out.
 
 use axum::body::Body;
 use axum::extract::{Path, State};

@@ -3,6 +3,10 @@
 //! Data flow of a backup through these modules: `enroll` (an agent joins) → `keys` (the sealed
 //! key bundle) → `blobs` (which blobs are missing, pack uploads) → `jobs` (delta parts, commit) →
 //! `points` (recovery points, browsing, blob reads for restore).
+//!
+//! Crash behaviour: the handlers keep no state; each request's changes are transactions of the data
+//! layer, so a crash mid-request leaves the state before or after each of them, and every agent
+//! call is safe to repeat.
 
 mod admin;
 mod blobs;

@@ -1,4 +1,7 @@
 //! Recovery points and browsing a source's files at a point.
+//!
+//! Crash behaviour: the handlers keep no state; their changes are the data layer's transactions,
+//! whole or absent after a crash.
 
 use axum::extract::{Path, Query, State};
 use axum::http::header;

@@ -1,6 +1,9 @@
 //! Policy: what the organisation tells its agents (exclusions, wedding-critical rules, schedules,
 //! vendor settings, wedding season), the agents' heartbeats, and the admin endpoints that manage
 //! those rules.
+//!
+//! Crash behaviour: the handlers keep no state; their changes are the data layer's transactions,
+//! whole or absent after a crash.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

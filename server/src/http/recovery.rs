@@ -2,6 +2,9 @@
 //! target machine claims its jobs with a lease, reports progress and log lines, and finishes
 //! them with a validation; agents record restore drills. The queries live in
 //! [`crate::recovery`], shared with `keepsake-server admin recovery|scenario`.
+//!
+//! Crash behaviour: the handlers keep no state; their changes are the data layer's transactions,
+//! whole or absent after a crash.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

@@ -21,6 +21,10 @@
 //!
 //! This file keeps the shared error type and the recovery-type conversions, and re-exports the
 //! sub-modules' public items, so every path `crate::recovery::X` is unchanged.
+//!
+//! Crash behaviour: all state is in PostgreSQL, changed in transactions, so a server crash rolls
+//! back the request in flight; a job claimed by a machine that died is handed out again when its
+//! lease runs out.
 
 mod admin;
 mod drills;

@@ -5,6 +5,9 @@
 //! listens only on a Unix socket. When PostgreSQL is missing the harness panics with the install
 //! hint — tests never skip silently. A watchdog process stops the cluster and removes its
 //! directory when the test process exits, however it exits.
+//!
+//! Crash behaviour (tests only): a killed test process leaves nothing behind for long; the watchdog
+//! notices the process is gone, stops PostgreSQL and removes the directory.
 
 pub mod s3;
 pub mod server;

@@ -1,5 +1,8 @@
 //! A real S3-API server (s3s-fs: the s3s protocol implementation over a local folder), started on
 //! 127.0.0.1 for tests of the S3 path. Requests are signed and authenticated like real S3.
+//!
+//! Crash behaviour (tests only): the server runs inside the test process and its folder is a
+//! temporary directory, so both end with the process.
 
 use std::path::PathBuf;
 

@@ -1,5 +1,8 @@
 //! A real `keepsake-server` for tests: the HTTP server on 127.0.0.1 (ephemeral port) over a fresh
 //! database of the test cluster, with storage in a temporary folder (or a given destination).
+//!
+//! Crash behaviour (tests only): the server runs inside the test process; its database lives in the
+//! test cluster, which the cluster's watchdog removes, and its storage is a temporary folder.
 
 use std::path::PathBuf;
 

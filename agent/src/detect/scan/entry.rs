@@ -1,5 +1,8 @@
 //! What the scanner reports: entries with their change-detection metadata, exclusions, skipped
 //! entries and their reasons, issues, counters, options and errors — plain data, no state.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::collections::BTreeMap;
 use std::io;

@@ -1,6 +1,9 @@
 //! The scanner's view of the file system: the type of an entry as `lstat` reports it, an open
 //! folder to `fstatat` its entries by name without following links, and the entry made of one
 //! `lstat`. Read-only.
+//!
+//! Crash behaviour: none to speak of; it keeps no state and writes nothing, so a crash loses only
+//! the call in progress.
 
 use std::fs;
 use std::io;

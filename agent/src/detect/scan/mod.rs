@@ -13,6 +13,9 @@
 //! * Other file systems are not entered unless configured (mount points are reported).
 //! * Errors (unreadable folder, failed `lstat`, unreadable file when probing) are events with
 //!   the path and the OS error; they are never fatal.
+//!
+//! Crash behaviour: the scanner only reads; a crash mid-walk loses nothing, and what it had found
+//! is the planner's to keep (see `detect::plan`).
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
