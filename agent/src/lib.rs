@@ -8,6 +8,7 @@
 //! * [`exclude`] — the exclusion rules: one `config` layering built-in defaults, the server's
 //!   organisation/machine/source rules, the local file and flags; the matcher answers "which rule
 //!   matched and why".
+//! * [`entry`] — what a file-system entry is: kind, catalog key, the one stat fingerprint.
 //! * [`detect`] — what changed: the streaming scanner of a source root, the stat fingerprint,
 //!   the plan (scan merged with the catalog) and the file-system watcher.
 //! * [`backup`] — the one orchestrator of a backup run (classify, wedding-critical pass, main
@@ -33,6 +34,7 @@ pub mod client;
 pub mod daemon;
 pub mod detect;
 pub mod enroll;
+pub mod entry;
 pub mod exclude;
 pub mod home;
 pub mod pipeline;

@@ -12,8 +12,8 @@ use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{BlobId, Catalog, CatalogError, Result, SourceId};
-use crate::detect::scan::{catalog_key, Entry, EntryKind};
-use crate::detect::Stat;
+use crate::entry::Stat;
+use crate::entry::{catalog_key, Entry, EntryKind};
 use crate::relpath::RelPath;
 
 /// Backup state of a catalog row.

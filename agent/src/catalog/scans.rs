@@ -14,7 +14,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 use super::{now_ms, Catalog, CatalogError, JobStatus, Priority, QueueReason, Result, SourceId};
-use crate::detect::scan::Entry;
+use crate::entry::Entry;
 
 /// A scan in progress, as recorded in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,8 @@
 //!   cannot be trusted so the source must be rescanned (the daemon's trigger);
 //! * [`scan`] — the streaming walk of one source root through the exclusion matcher;
 //! * [`plan`] — the walk merged with the catalog: new, modified, unchanged, deleted;
-//! * [`Stat`] — the one stat fingerprint that says "same version" to all of them.
+//! * [`Stat`] — the one stat fingerprint that says "same version" to all of them (it lives in
+//!   `crate::entry` with the entry types, which the catalog uses too).
 //!
 //! The plan is what a backup feeds to the pipeline (`crate::backup`). Crash behaviour is the
 //! plan's: its catalog writes are batched transactions with a checkpoint, and a killed scan is
@@ -12,7 +13,6 @@
 
 pub mod plan;
 pub mod scan;
-mod stat;
 pub mod watch;
 
-pub use stat::Stat;
+pub use crate::entry::Stat;

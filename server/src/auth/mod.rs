@@ -16,46 +16,8 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+pub use crate::db::tokens::{hash_token, new_token, TokenKind};
 use crate::db::{self, Actor, Db, DbError};
-
-/// What kind of principal a token authenticates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
-    User,
-    Agent,
-    Enroll,
-}
-
-impl TokenKind {
-    pub fn prefix(self) -> &'static str {
-        match self {
-            TokenKind::User => "ksu_",
-            TokenKind::Agent => "ksa_",
-            TokenKind::Enroll => "kse_",
-        }
-    }
-
-    pub fn as_db(self) -> &'static str {
-        match self {
-            TokenKind::User => "user",
-            TokenKind::Agent => "agent",
-            TokenKind::Enroll => "enroll",
-        }
-    }
-}
-
-/// A new random token of `kind` and its stored hash.
-pub fn new_token(kind: TokenKind) -> (String, [u8; 32]) {
-    let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw).expect("operating system random source");
-    let token = format!("{}{}", kind.prefix(), hex::encode(raw));
-    let hash = hash_token(&token);
-    (token, hash)
-}
-
-pub fn hash_token(token: &str) -> [u8; 32] {
-    *blake3::hash(token.trim().as_bytes()).as_bytes()
-}
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

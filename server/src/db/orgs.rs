@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use keepsake_common::api::CreateOrgResponse;
 use uuid::Uuid;
 
-use crate::auth::{new_token, TokenKind};
+use super::tokens::{new_token, TokenKind};
 use crate::db::{self, Actor, Db, DbError};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
-//! API tokens (`api_tokens`) of people and machines: resolving a presented token's hash, the
-//! caller's role in its organisation, user tokens, revocation. Enrolment tokens are made by
-//! [`super::orgs`] and spent by [`super::agents::enroll`].
+//! API tokens (`api_tokens`) of people and machines: their kinds, making a new one and its hash,
+//! resolving a presented token's hash, the caller's role in its organisation, user tokens,
+//! revocation. Enrolment tokens are made by [`super::orgs`] and spent by [`super::agents::enroll`].
 //!
 //! Only hashes are stored or compared; the token itself never reaches the database. Each call
 //! runs in the caller's transaction, so a crash leaves a token either fully created/revoked or
@@ -11,6 +11,45 @@ use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::DbError;
+
+/// What kind of principal a token authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    User,
+    Agent,
+    Enroll,
+}
+
+impl TokenKind {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            TokenKind::User => "ksu_",
+            TokenKind::Agent => "ksa_",
+            TokenKind::Enroll => "kse_",
+        }
+    }
+
+    pub fn as_db(self) -> &'static str {
+        match self {
+            TokenKind::User => "user",
+            TokenKind::Agent => "agent",
+            TokenKind::Enroll => "enroll",
+        }
+    }
+}
+
+/// A new random token of `kind` and its stored hash.
+pub fn new_token(kind: TokenKind) -> (String, [u8; 32]) {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).expect("operating system random source");
+    let token = format!("{}{}", kind.prefix(), hex::encode(raw));
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    *blake3::hash(token.trim().as_bytes()).as_bytes()
+}
 
 /// A resolved user or agent token.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use std::io;
 use std::path::Path;
 
 use super::{Entry, EntryKind, SkipReason};
-use crate::detect::stat::ns;
 use crate::detect::Stat;
+use crate::entry::ns;
 use crate::relpath::{os_bytes, RelPath};
 
 /// The type of an entry as `lstat` reports it.
