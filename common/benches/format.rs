@@ -2,6 +2,9 @@
 //! decision, sealing (compress decision + age encryption), opening (decryption + id check), and
 //! the chained single-core pipeline. Run with `cargo bench -p keepsake-common`.
 
+mod support;
+use support::random;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -13,19 +16,6 @@ use keepsake_common::ids::{BlobId, ChunkIdKey, CipherHash, ContentHasher};
 use keepsake_common::keys::AgeIdentity;
 
 const MIB: usize = 1024 * 1024;
-
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
 
 fn text(n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n);

@@ -11,6 +11,9 @@
 //! elsewhere), so other processes on a shared machine distort them less than wall time.
 //! `cargo bench -p keepsake-common --bench reuse`.
 
+mod support;
+use support::random;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -22,19 +25,6 @@ use keepsake_common::ids::{BlobId, ChunkIdKey};
 use keepsake_common::keys::AgeIdentity;
 
 const MIB: usize = 1024 * 1024;
-
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
 
 fn sidecar(n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n);

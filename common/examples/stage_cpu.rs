@@ -6,6 +6,10 @@
 //! cargo run --release -p keepsake-common --example stage_cpu
 //! ```
 
+#[path = "../benches/support/mod.rs"]
+mod support;
+use support::random;
+
 use std::hint::black_box;
 use std::io::Write;
 use std::time::Instant;
@@ -56,19 +60,6 @@ fn measure(bytes: usize, mut f: impl FnMut()) -> (f64, f64) {
             return (bytes as f64 / MIB as f64 / (per_call / 1e9), per_call / 1e3);
         }
     }
-}
-
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    out.truncate(n);
-    out
 }
 
 fn text(n: usize) -> Vec<u8> {

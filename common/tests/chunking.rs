@@ -1,5 +1,8 @@
 //! Chunker properties: determinism, re-synchronisation after edits, SQLite page alignment.
 
+mod support;
+use support::pseudo_random;
+
 use std::collections::HashSet;
 use std::io::{self, Read};
 
@@ -17,18 +20,6 @@ const SMALL: ChunkerConfig = ChunkerConfig {
     max: 16384,
     sqlite_chunk: 4096,
 };
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 32) as u8
-        })
-        .collect()
-}
 
 /// A reader that hands out data in pieces of varying, seed-determined sizes and sometimes
 /// reports `Interrupted`.

@@ -4,6 +4,9 @@
 //! itself or exactly the zstd frame a fresh compression context makes (declaring its content
 //! size), and the cipher hash is the plain BLAKE3 of the age file.
 
+mod support;
+use support::pseudo_random as random;
+
 use std::io::Read;
 
 use keepsake_common::compress::{
@@ -15,18 +18,6 @@ use keepsake_common::crypto::{
 };
 use keepsake_common::ids::{BlobId, ChunkIdKey, CipherHash};
 use keepsake_common::keys::AgeIdentity;
-
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 32) as u8
-        })
-        .collect()
-}
 
 fn texts() -> Vec<Vec<u8>> {
     vec![
