@@ -47,6 +47,9 @@ pub enum CatalogError {
     Conflict(String),
     #[error("invalid delta: {0}")]
     BadDelta(String),
+    /// The server could not keep an incoming part in a temporary file.
+    #[error("temporary file for a delta part: {0}")]
+    Spool(String),
     #[error(transparent)]
     Db(#[from] DbError),
 }

@@ -3,16 +3,22 @@
 //! immutable once stored, so a retried upload changes nothing. Also the digest of what was
 //! staged, recomputed at commit time.
 //!
-//! On a crash: a part is stored in one transaction, so it is either all there or absent (and the
+//! The body is first read to the end into an anonymous temporary file (at most
+//! `MAX_DELTA_PART_BODY` bytes), and only then is a database connection taken: a client that
+//! sends slowly holds a file, never one of the pool's connections.
+//!
+//! On a crash: the temporary file has no name and disappears with the process; a part is
+//! stored in one transaction, so it is either all there or absent (and the
 //! agent sends it again).
 
 use std::io::BufReader;
 
 use chrono::{DateTime, Utc};
 use futures::{pin_mut, TryStreamExt};
+use keepsake_common::api::MAX_DELTA_PART_BODY;
 use keepsake_common::delta::{ChunkRef, DeltaDigester, DeltaReader, Entry};
 use keepsake_common::ids::{BlobId, ContentHash, DeltaDigest, EntryMac};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -159,6 +165,31 @@ fn stage_entry(e: Entry) -> Result<StagedEntry, String> {
     })
 }
 
+/// Reads `body` to its end into an anonymous temporary file and returns it rewound.
+async fn spool<R: AsyncRead + Unpin>(mut body: R) -> Result<tokio::fs::File, CatalogError> {
+    let file = tokio::task::spawn_blocking(tempfile::tempfile)
+        .await
+        .map_err(|e| CatalogError::Spool(e.to_string()))?
+        .map_err(|e| CatalogError::Spool(e.to_string()))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut limited = (&mut body).take(MAX_DELTA_PART_BODY + 1);
+    let n = tokio::io::copy(&mut limited, &mut file)
+        .await
+        .map_err(|e| CatalogError::BadDelta(format!("reading the part: {e}")))?;
+    if n > MAX_DELTA_PART_BODY {
+        return Err(CatalogError::BadDelta(format!(
+            "the part is larger than {MAX_DELTA_PART_BODY} bytes"
+        )));
+    }
+    file.flush()
+        .await
+        .map_err(|e| CatalogError::Spool(e.to_string()))?;
+    file.seek(std::io::SeekFrom::Start(0))
+        .await
+        .map_err(|e| CatalogError::Spool(e.to_string()))?;
+    Ok(file)
+}
+
 /// Stages delta part `part` of `job` from `body`. Returns (entries, newly stored).
 pub async fn stage_part<R>(
     db: &Db,
@@ -171,6 +202,7 @@ pub async fn stage_part<R>(
 where
     R: AsyncRead + Send + Unpin + 'static,
 {
+    let body = spool(body).await?;
     let actor = Actor::Agent { org, agent };
     let mut client = db.client().await?;
     let tx = db::begin(&mut client, &actor).await?;

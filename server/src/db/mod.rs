@@ -127,6 +127,15 @@ pub async fn begin<'a>(
     Ok(tx)
 }
 
+/// How long a request waits for a pooled connection before it is answered 503.
+pub const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest statement of the application role (a safety net; the largest commit statements of
+/// a million-file job stay well below it).
+pub const STATEMENT_TIMEOUT: &str = "15min";
+/// A transaction of the application role left idle this long is ended by PostgreSQL (the
+/// server never waits for a client inside a transaction).
+pub const IDLE_IN_TRANSACTION: &str = "60s";
+
 /// The application's connection pool. Every connection runs as [`APP_ROLE`].
 #[derive(Clone)]
 pub struct Db {
@@ -155,10 +164,19 @@ impl Db {
         );
         let pool = Pool::builder(manager)
             .max_size(max_size)
+            // A request waits this long for a connection, then gets 503: a full pool answers
+            // instead of queueing requests without end.
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
             .post_create(Hook::async_fn(|client, _| {
                 Box::pin(async move {
                     client
-                        .batch_execute(&format!("SET ROLE {APP_ROLE}"))
+                        .batch_execute(&format!(
+                            "SET ROLE {APP_ROLE}; \
+                             SET statement_timeout = '{STATEMENT_TIMEOUT}'; \
+                             SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'"
+                        ))
                         .await
                         .map_err(HookError::Backend)?;
                     let row = client

@@ -12,15 +12,13 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::TryStreamExt;
 use keepsake_common::api::{
     AdoptRequest, AdoptResponse, MissingRequest, MissingResponse, PackStored, ReadBlobsRequest,
     MAX_ADOPT, MAX_MISSING_QUERY, MAX_PACK_BODY, MAX_READ_BLOBS,
 };
-use tokio_util::io::StreamReader;
 use uuid::Uuid;
 
-use super::{in_tx, require_agent, ApiError, AppState};
+use super::{in_tx, limits, require_agent, ApiError, AppState};
 use crate::auth::Principal;
 use crate::db::{blobs, Actor};
 use crate::packs::{self, PackError};
@@ -89,11 +87,8 @@ pub async fn upload_pack(
 ) -> Result<(StatusCode, Json<PackStored>), ApiError> {
     let agent = require_agent(&p)?;
     let (dest_id, dest) = state.primary_destination(&p.actor()).await?;
-    let stream = body
-        .into_data_stream()
-        .map_err(|e| std::io::Error::other(e.to_string()));
-    let mut reader = StreamReader::new(stream);
-    match packs::ingest(
+    let (mut reader, too_large) = limits::streamed(body);
+    let result = packs::ingest(
         &mut reader,
         state.db(),
         &dest,
@@ -102,9 +97,10 @@ pub async fn upload_pack(
         agent,
         MAX_PACK_BODY,
     )
-    .await
-    {
+    .await;
+    match result {
         Ok(stored) => Ok((StatusCode::CREATED, Json(stored))),
+        Err(_) if too_large.get() => Err(limits::TooLarge::error(MAX_PACK_BODY)),
         Err(e @ (PackError::Malformed(_) | PackError::HashMismatch(_) | PackError::Truncated)) => {
             Err(ApiError::bad_request(e.to_string()).with_code("bad_pack"))
         }

@@ -9,15 +9,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::TryStreamExt;
 use keepsake_common::api::{
     CommitMissing, CommitRequest, FailJobRequest, JobKind, JobStarted, PartStored,
-    RegisterSourceRequest, SourceInfo, StartJobRequest,
+    RegisterSourceRequest, SourceInfo, StartJobRequest, MAX_DELTA_PART_BODY,
 };
-use tokio_util::io::StreamReader;
 use uuid::Uuid;
 
-use super::{in_tx, require_agent, ApiError, AppState};
+use super::{in_tx, limits, require_agent, ApiError, AppState};
 use crate::auth::Principal;
 use crate::catalog::{self, CatalogError, CommitOutcome};
 
@@ -30,6 +28,13 @@ impl From<CatalogError> for ApiError {
                 ApiError::bad_request(e.to_string()).with_code("bad_delta")
             }
             CatalogError::Db(e) => e.into(),
+            CatalogError::Spool(e) => {
+                tracing::error!(error = %e, "cannot spool a delta part");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server storage unavailable",
+                )
+            }
         }
     }
 }
@@ -105,11 +110,12 @@ pub async fn put_part(
     if part > 1_000_000 {
         return Err(ApiError::bad_request("part number out of range"));
     }
-    let stream = body
-        .into_data_stream()
-        .map_err(|e| std::io::Error::other(e.to_string()));
-    let reader = StreamReader::new(stream);
-    let (entries, new) = catalog::stage_part(state.db(), p.org, agent, job, part, reader).await?;
+    let (reader, too_large) = limits::streamed(body);
+    let staged = catalog::stage_part(state.db(), p.org, agent, job, part, reader).await;
+    let (entries, new) = match staged {
+        Err(_) if too_large.get() => return Err(limits::TooLarge::error(MAX_DELTA_PART_BODY)),
+        other => other?,
+    };
     Ok(Json(PartStored { part, entries, new }))
 }
 

@@ -14,6 +14,7 @@ mod enroll;
 mod health;
 mod jobs;
 mod keys;
+pub mod limits;
 mod points;
 mod policy;
 mod recovery;
@@ -28,8 +29,12 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
+use std::convert::Infallible;
+
+use axum::{middleware, Json, Router};
 use keepsake_common::api::{ErrorBody, MAX_DELTA_PART_BODY, MAX_PACK_BODY};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use uuid::Uuid;
 
 use crate::auth::{self, FailureThrottle, Principal};
@@ -47,6 +52,10 @@ pub struct HttpSettings {
     /// Authentication failures per address before it is throttled, and the window.
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
+    /// Requests one token may have in flight at once (more get 429).
+    pub max_requests_per_token: usize,
+    /// A streamed upload that sends nothing for this long is cut off.
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for HttpSettings {
@@ -56,6 +65,8 @@ impl Default for HttpSettings {
             platform_token_hash: None,
             auth_failure_limit: 20,
             auth_failure_window: Duration::from_secs(60),
+            max_requests_per_token: 16,
+            body_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -72,6 +83,8 @@ pub struct Inner {
     pub default_storage: Destination,
     pub settings: HttpSettings,
     pub throttle: FailureThrottle,
+    /// Requests in flight per token.
+    pub limiter: limits::TokenLimiter,
     /// Owner connection settings, for platform operations (organisation creation).
     pub owner_config: Option<tokio_postgres::Config>,
     destinations: RwLock<HashMap<Uuid, Destination>>,
@@ -93,6 +106,7 @@ impl AppState {
                     settings.auth_failure_limit,
                     settings.auth_failure_window,
                 ),
+                limiter: limits::TokenLimiter::new(settings.max_requests_per_token),
                 settings,
                 destinations: RwLock::new(HashMap::new()),
             }),
@@ -167,6 +181,7 @@ impl AppState {
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
+    let idle = state.inner.settings.body_idle_timeout;
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -183,7 +198,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/blobs/adopt", post(blobs::adopt))
         .route(
             "/v1/packs",
-            post(blobs::upload_pack).layer(DefaultBodyLimit::max(MAX_PACK_BODY as usize)),
+            post(blobs::upload_pack)
+                .layer::<_, Infallible>(RequestBodyLimitLayer::new(MAX_PACK_BODY as usize))
+                .layer(RequestBodyTimeoutLayer::new(idle)),
         )
         .route("/v1/blobs/read", post(blobs::read_blobs))
         .route(
@@ -193,7 +210,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", post(jobs::start_job))
         .route(
             "/v1/jobs/{id}/parts/{part}",
-            put(jobs::put_part).layer(DefaultBodyLimit::max(MAX_DELTA_PART_BODY as usize)),
+            put(jobs::put_part)
+                .layer::<_, Infallible>(RequestBodyLimitLayer::new(MAX_DELTA_PART_BODY as usize))
+                .layer(RequestBodyTimeoutLayer::new(idle)),
         )
         .route("/v1/jobs/{id}/commit", post(jobs::commit))
         .route("/v1/jobs/{id}/fail", post(jobs::fail))
@@ -228,6 +247,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/points/{id}", get(points::get_point))
         .route("/v1/points/{id}/files", get(points::list_files))
         .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::per_token,
+        ))
         .with_state(state)
 }
 
