@@ -329,6 +329,14 @@ async fn every_job_is_linked_to_a_strategy_and_the_default_is_always_there() {
             "cannot be deleted",
         ),
         (
+            format!(
+                "UPDATE backup_strategies SET organization_id = '{}' WHERE id = '{org_wide}'",
+                other.org.id
+            ),
+            "42501",
+            "another organisation",
+        ),
+        (
             format!("UPDATE backup_jobs SET strategy_id = NULL WHERE id = '{job}'"),
             "23502",
             "strategy_id",
