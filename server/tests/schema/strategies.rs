@@ -145,6 +145,32 @@ async fn season_optimisation_never_makes_a_strategy_back_up_less_often_than_conf
         frequencies(&owner, monthly).await,
         ("hourly".into(), "hourly".into())
     );
+    // Setting the configured frequency alone resets the current one to it; the next run in
+    // season raises it again.
+    let t = tx(
+        &mut app,
+        &Actor::User {
+            org: w.org.id,
+            user: w.org.owner,
+        },
+    )
+    .await;
+    t.execute(
+        "UPDATE backup_strategies SET configured_frequency = 'weekly' WHERE id = $1",
+        &[&raised],
+    )
+    .await
+    .unwrap();
+    t.commit().await.unwrap();
+    assert_eq!(
+        frequencies(&owner, raised).await,
+        ("weekly".into(), "weekly".into())
+    );
+    optimise(&mut app, w.org.id, "2026-07-01").await;
+    assert_eq!(
+        frequencies(&owner, raised).await,
+        ("hourly".into(), "weekly".into())
+    );
 
     // Nobody, owner maintenance included, sets a frequency below the configured one.
     let mut t = tx(
