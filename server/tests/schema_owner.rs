@@ -292,7 +292,10 @@ async fn a_non_superuser_owner_migrates_and_every_definer_path_works_under_force
         1
     );
     let freq: String = own
-        .query_one("SELECT backup_frequency::text FROM backup_strategies", &[])
+        .query_one(
+            "SELECT backup_frequency::text FROM backup_strategies WHERE name = 's'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

@@ -487,17 +487,16 @@ async fn complete(
         )
         .await?;
     }
-    let retention: DateTime<Utc> = match j.strategy_id {
-        Some(s) => tx
-            .query_opt(
-                "SELECT now() + retention_period FROM backup_strategies WHERE id = $1",
-                &[&s],
-            )
-            .await?
-            .map(|r| r.get(0))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC),
-        None => DateTime::<Utc>::MAX_UTC,
-    };
+    // The job's strategy (every job has one, the organisation's default when none was chosen)
+    // decides how long the point is kept.
+    let retention: DateTime<Utc> = tx
+        .query_opt(
+            "SELECT now() + retention_period FROM backup_strategies WHERE id = $1",
+            &[&j.strategy_id],
+        )
+        .await?
+        .map(|r| r.get(0))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let point: Uuid = tx
         .query_one(
             "INSERT INTO recovery_points (backup_job_id, organization_id, agent_id, source_id, seq, point_in_time, \

@@ -69,7 +69,8 @@ pub struct JobRow {
     pub started_at: Option<DateTime<Utc>>,
     pub job_type: String,
     pub wedding_critical: bool,
-    pub strategy_id: Option<Uuid>,
+    /// Never NULL: the schema links every job to a strategy.
+    pub strategy_id: Uuid,
 }
 
 async fn job_of(

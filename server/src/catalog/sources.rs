@@ -2,9 +2,11 @@
 //! (`backup_jobs` rows in status `running`).
 //!
 //! Registering a source is idempotent (an existing root is returned as it is). Starting a job
-//! records the source's last committed sequence as the job's parent and starts its lease. Each
-//! call runs in the caller's transaction, so a crash leaves either nothing or the whole row; a
-//! job started and then abandoned is ended by [`super::lease`].
+//! records the source's last committed sequence as the job's parent and starts its lease; the
+//! schema links the job to its strategy (the machine's vendor configuration's, else the
+//! organisation's default: `backup_jobs_link_strategy`). Each call runs in the caller's
+//! transaction, so a crash leaves either nothing or the whole row; a job started and then
+//! abandoned is ended by [`super::lease`].
 
 use keepsake_common::api::SourceInfo;
 use tokio_postgres::Transaction;

@@ -1,6 +1,6 @@
 //! The organisation's rules for its machines: exclusions (`backup_exclusions`), wedding-critical
-//! folders (`wedding_critical_data`), scan schedules (`backup_schedules`, with the `default`
-//! strategy they hang off), vendor settings (`vendor_backup_configs`) and the wedding season; and
+//! folders (`wedding_critical_data`), scan schedules (`backup_schedules`, under the organisation's
+//! default strategy), vendor settings (`vendor_backup_configs`) and the wedding season; and
 //! the effective policy one machine is sent.
 //!
 //! Every function runs in the caller's transaction (row-level security decides what the caller
@@ -195,39 +195,20 @@ pub async fn put_vendor_config(
     Ok(())
 }
 
-/// Adds a scan schedule under the organisation's `default` strategy (created on first use);
-/// its id.
+/// Adds a scan schedule under the organisation's default strategy (every organisation has one:
+/// the schema creates it with the organisation); its id.
 pub async fn add_schedule(
     tx: &Transaction<'_>,
     org: Uuid,
     req: &NewSchedule,
 ) -> Result<Uuid, DbError> {
-    let strategy: Uuid = match tx
-        .query_opt(
-            "SELECT id FROM backup_strategies WHERE name = 'default'",
-            &[],
+    let strategy: Uuid = tx
+        .query_one(
+            "SELECT id FROM backup_strategies WHERE organization_id = $1 AND is_default",
+            &[&org],
         )
         .await?
-    {
-        Some(r) => r.get(0),
-        None => {
-            // Concurrent first schedules race to create it: the loser waits for the winner's
-            // row (ON CONFLICT) and reads it with the next statement's snapshot.
-            tx.execute(
-                "INSERT INTO backup_strategies (organization_id, name, strategy_type, backup_frequency, retention_period) \
-                 VALUES ($1, 'default', 'continuous_backup', 'real_time', interval '10 years') \
-                 ON CONFLICT (organization_id, name) DO NOTHING",
-                &[&org],
-            )
-            .await?;
-            tx.query_one(
-                "SELECT id FROM backup_strategies WHERE name = 'default'",
-                &[],
-            )
-            .await?
-            .get(0)
-        }
-    };
+        .get(0);
     Ok(tx
         .query_one(
             "INSERT INTO backup_schedules (organization_id, strategy_id, name, cron_expression, timezone, \

@@ -61,3 +61,15 @@ pub async fn strategy(
         .unwrap()
         .get(0)
 }
+
+/// The organisation's default strategy (every organisation has exactly one).
+pub async fn default_strategy(owner: &tokio_postgres::Client, org: Uuid) -> Uuid {
+    owner
+        .query_one(
+            "SELECT id FROM backup_strategies WHERE organization_id = $1 AND is_default",
+            &[&org],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}

@@ -10,6 +10,7 @@ mod file_history;
 mod fixtures;
 mod identity;
 mod maintenance;
+mod strategies;
 mod triggers;
 mod usage_and_alerts;
 mod validation;

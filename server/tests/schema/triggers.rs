@@ -27,12 +27,16 @@ async fn deleting_a_strategy_keeps_job_history() {
         .execute("DELETE FROM backup_strategies WHERE id = $1", &[&s])
         .await
         .unwrap();
-    let strategy_id: Option<Uuid> = owner
+    let strategy_id: Uuid = owner
         .query_one("SELECT strategy_id FROM backup_jobs WHERE id = $1", &[&job])
         .await
         .expect("the job survives its strategy")
         .get(0);
-    assert_eq!(strategy_id, None);
+    assert_eq!(
+        strategy_id,
+        default_strategy(&owner, w.org.id).await,
+        "the job moves to the organisation's default strategy"
+    );
 }
 
 #[tokio::test]

@@ -137,6 +137,14 @@ async fn backup_commit_browse_and_read_back() {
         ("SELECT count(*) FROM backup_jobs WHERE status = 'completed' AND seq = 1", 1),
         ("SELECT count(*) FROM job_delta_entries", 0),
         ("SELECT count(*) FROM content_chunks", 4),
+        // The job runs under the organisation's default strategy (no other applies), and that
+        // strategy's retention decides how long the point is kept.
+        ("SELECT count(*) FROM backup_jobs j JOIN backup_strategies s ON s.id = j.strategy_id \
+          WHERE s.is_default AND s.organization_id = j.organization_id", 1),
+        ("SELECT count(*) FROM recovery_points p JOIN backup_jobs j ON j.id = p.backup_job_id \
+          JOIN backup_strategies s ON s.id = j.strategy_id \
+          WHERE p.retention_expires_at BETWEEN now() + s.retention_period - interval '1 hour' \
+                                           AND now() + s.retention_period", 1),
     ] {
         assert_eq!(db_count(&srv, sql).await, n, "{sql}");
     }
