@@ -1,5 +1,5 @@
 //! Organisations, tokens and enrolment: creating an organisation, enrolment and user tokens,
-//! an agent's enrolment, and who the caller is.
+//! users' roles, an agent's enrolment, and who the caller is.
 //!
 //! Crash behaviour: none; plain wire types, no state.
 
@@ -59,6 +59,21 @@ pub struct CreateUserTokenRequest {
     pub label: Option<String>,
     #[serde(default)]
     pub valid_days: Option<u32>,
+}
+
+/// `PUT /v1/users/{id}/role`: an admin or owner changes another user's role in the organisation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetRoleRequest {
+    /// `owner`, `admin`, `member` or `emergency_contact`.
+    pub role: String,
+}
+
+/// Answer of a role change: the user and their role now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRole {
+    pub user_id: Uuid,
+    pub role: String,
 }
 
 /// `POST /v1/enroll`: an agent exchanges an enrolment token for its own agent token.

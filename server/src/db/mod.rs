@@ -20,6 +20,7 @@ pub mod keys;
 pub mod migrate;
 pub mod orgs;
 pub mod policy;
+pub mod roles;
 pub mod tokens;
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};

@@ -1,4 +1,8 @@
-//! Administration: organisations (platform), enrolment and user tokens, agents.
+//! Administration: organisations (platform), enrolment and user tokens, users' roles, agents.
+//!
+//! Nobody gains rights through another: a user token is made only for a member whose role ranks
+//! at or below the caller's, and a role changes only by the rules of [`crate::db::roles`]. These
+//! handlers refuse with 403 and a clear message; the database refuses again (migration 0012).
 //!
 //! Crash behaviour: the handlers keep no state; their changes are the data layer's transactions,
 //! whole or absent after a crash.
@@ -8,13 +12,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use keepsake_common::api::{
     CreateEnrollTokenRequest, CreateOrgRequest, CreateOrgResponse, CreateUserTokenRequest,
-    TokenCreated, WhoAmI,
+    SetRoleRequest, TokenCreated, UserRole, WhoAmI,
 };
 use uuid::Uuid;
 
 use super::{check_throttle, in_tx, require_user, ApiError, AppState};
 use crate::auth::{hash_token, new_token, Principal, TokenKind, Who};
 use crate::db::orgs::{self, OrgError};
+use crate::db::roles::{self, Role};
 use crate::db::{agents, tokens};
 
 /// A JSON body that may be absent (empty or `null` means the defaults).
@@ -151,6 +156,13 @@ pub async fn create_user_token(
                 ApiError::not_found(format!("no member `{email}` in this organisation"))
             })?,
         };
+        if user != me {
+            let caller = caller_role(&tx).await?;
+            let target = roles::of(&tx, user).await?.ok_or_else(|| {
+                ApiError::not_found("that user is not a member of this organisation")
+            })?;
+            roles::may_mint_for(caller, target).map_err(ApiError::forbidden)?;
+        }
         Ok(
             tokens::create_user_token(&tx, p.org, user, &hash, req.label.as_deref(), me, expires)
                 .await?,
@@ -164,6 +176,53 @@ pub async fn create_user_token(
             expires_at: expires,
         }),
     ))
+}
+
+/// The acting user's role; 403 when they have none in this organisation.
+async fn caller_role(tx: &tokio_postgres::Transaction<'_>) -> Result<Role, ApiError> {
+    tokens::org_role(tx)
+        .await?
+        .as_deref()
+        .and_then(Role::parse)
+        .ok_or_else(|| ApiError::forbidden("you have no role in this organisation"))
+}
+
+/// `PUT /v1/users/{id}/role`: an admin or owner changes another user's role, never their own,
+/// never one above their own rank and never to a role above it.
+pub async fn set_user_role(
+    State(state): State<AppState>,
+    p: Principal,
+    Path(user): Path<Uuid>,
+    Json(req): Json<SetRoleRequest>,
+) -> Result<Json<UserRole>, ApiError> {
+    let me = require_user(&p)?;
+    let new = Role::parse(&req.role).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown role `{}` (owner, admin, member or emergency_contact)",
+            req.role
+        ))
+    })?;
+    in_tx!(state, &p.actor(), |tx| {
+        let caller = caller_role(&tx).await?;
+        if !caller.is_manager() {
+            return Err(ApiError::forbidden(
+                "only an admin or owner of the organisation may change roles",
+            ));
+        }
+        let current = roles::of(&tx, user)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such user in this organisation"))?;
+        roles::may_change(caller, user == me, current, new).map_err(ApiError::forbidden)?;
+        if roles::set(&tx, user, new).await? == 0 {
+            return Err(ApiError::not_found("no such user in this organisation"));
+        }
+        Ok(())
+    });
+    tracing::info!(%user, role = new.as_str(), by = %me, "role changed");
+    Ok(Json(UserRole {
+        user_id: user,
+        role: new.as_str().to_string(),
+    }))
 }
 
 /// `DELETE /v1/tokens/{id}`: revokes a token (admins: any token of the organisation; users:

@@ -190,6 +190,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/enroll-tokens", post(admin::create_enroll_token))
         .route("/v1/tokens", post(admin::create_user_token))
         .route("/v1/tokens/{id}", delete(admin::revoke_token))
+        .route("/v1/users/{id}/role", put(admin::set_user_role))
         .route("/v1/agents", get(admin::list_agents))
         .route("/v1/agents/{id}/revoke", post(admin::revoke_agent))
         .route("/v1/enroll", post(enroll::enroll))
