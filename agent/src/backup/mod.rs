@@ -88,10 +88,11 @@ impl RunError {
     }
 }
 
-/// Crash injection for tests: when `KEEPSAKE_FAILPOINT` names this point, the process aborts
-/// on the spot, exactly like a power cut or `kill -9` at that moment.
+/// Crash injection for tests: when `KEEPSAKE_FAILPOINT` names this point (and the build has the
+/// `test-hooks` feature, see [`crate::test_hooks`]), the process aborts on the spot, exactly like
+/// a power cut or `kill -9` at that moment. In any other build it does nothing.
 pub fn failpoint(name: &str) {
-    if std::env::var("KEEPSAKE_FAILPOINT").is_ok_and(|v| v == name) {
+    if crate::test_hooks::failpoint_armed(name) {
         eprintln!("keepsake: failpoint {name}: aborting");
         std::process::abort();
     }

@@ -37,12 +37,6 @@ pub struct EnrollArgs {
     pub json: bool,
 }
 
-fn scrypt_override() -> Option<u8> {
-    std::env::var("KEEPSAKE_SCRYPT_LOG_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-}
-
 pub(super) fn cmd_enroll(home: &Path, args: EnrollArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
     let home = Home::new(home);
     let name = match args.name {
@@ -57,7 +51,7 @@ pub(super) fn cmd_enroll(home: &Path, args: EnrollArgs, out: &mut dyn Write) -> 
             name,
             secrets: args.secrets.source(),
             paper_key_out: args.paper_key_out,
-            scrypt_log_n: scrypt_override(),
+            scrypt_log_n: crate::test_hooks::scrypt_log_n(),
         },
     )?;
     if args.json {
