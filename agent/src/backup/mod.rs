@@ -286,14 +286,9 @@ impl<'a> Run<'a> {
         let mut summary = BackupSummary::empty();
         loop {
             summary.attempts += 1;
-            let work = self
-                .home
-                .path(crate::home::TMP_DIR)
-                .join(format!("backup-{}", Uuid::new_v4().simple()));
-            std::fs::create_dir_all(&work)
-                .map_err(|e| RunError::Other(format!("{}: {e}", work.display())))?;
-            let result = pass.attempt(catalog, &work, observer, &mut summary);
-            let _ = std::fs::remove_dir_all(&work);
+            let work = self.home.scratch_dir("backup-")?;
+            let result = pass.attempt(catalog, work.path(), observer, &mut summary);
+            drop(work);
             match result? {
                 Some(missing) if summary.attempts < self.opts.max_attempts => {
                     tracing::warn!(
