@@ -60,7 +60,7 @@ if [ ! -f "$state/agent/agent.toml" ]; then
     if [ ! -f "$state/passphrase" ]; then
         (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$state/passphrase")
     fi
-    "${agent[@]}" enroll --server "$url" --token "$token" --name "$(hostname)" \
+    KEEPSAKE_ENROLL_TOKEN="$token" "${agent[@]}" enroll --server "$url" --name "$(hostname)" \
         --passphrase-file "$state/passphrase" --paper-key-out "$state/paper-key.txt"
 fi
 

@@ -24,6 +24,8 @@
 //! * [`daemon`] — `keepsake run`: the real-time loop, schedules, offline queue, heartbeat.
 //! * [`cli`] — the `keepsake` command line, one file per command.
 //! * [`relpath`] — paths relative to a source root as raw OS bytes.
+//! * [`test_hooks`] — the environment hooks of the end-to-end tests, read only in builds with the
+//!   `test-hooks` feature.
 //! * [`units`] — byte sizes for people.
 #![warn(missing_docs)]
 
@@ -41,5 +43,6 @@ pub mod pipeline;
 pub mod recovery;
 pub mod relpath;
 pub mod restore;
+pub mod test_hooks;
 pub mod units;
 pub mod upload;

@@ -22,6 +22,46 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("cannot determine a data directory; set --data-dir or KEEPSAKE_DATA_DIR")]
     NoDataDir,
+    #[error("cannot read the {what} file {path}: {source}")]
+    SecretFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the {what} file {path} is empty")]
+    EmptySecretFile { what: &'static str, path: PathBuf },
+}
+
+/// Reads a secret (a database URL, a token) kept in a file instead of on the command line: the
+/// file's contents without surrounding white space; an unreadable or empty file is an error.
+pub fn read_secret_file(what: &'static str, path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(ConfigError::EmptySecretFile {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(secret.to_string())
+}
+
+/// A secret given directly, else read from its file (see [`read_secret_file`]).
+fn secret_or_file(
+    what: &'static str,
+    value: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<String>, ConfigError> {
+    match (value, file) {
+        (Some(v), _) => Ok(Some(v)),
+        (None, Some(p)) => read_secret_file(what, p).map(Some),
+        (None, None) => Ok(None),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -60,6 +100,15 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+    /// File holding the PostgreSQL URL (keeps its password out of the process list and the
+    /// environment); `--database-url` wins when both are given.
+    #[arg(
+        long,
+        env = "KEEPSAKE_DATABASE_URL_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub database_url_file: Option<PathBuf>,
     /// Log filter, e.g. `info`, `debug`, `keepsake_server=debug,info`.
     #[arg(long, env = "KEEPSAKE_LOG", global = true)]
     pub log_level: Option<String>,
@@ -79,6 +128,15 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub platform_token: Option<String>,
+    /// File holding the platform administrator token; `--platform-token` wins when both are
+    /// given.
+    #[arg(
+        long,
+        env = "KEEPSAKE_PLATFORM_TOKEN_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub platform_token_file: Option<PathBuf>,
     /// Seconds a running backup job may go without a word from its agent (a delta part, a
     /// commit) before it is failed as abandoned and its staged delta discarded (default 1800).
     #[arg(long, env = "KEEPSAKE_JOB_LEASE_SECS", global = true)]
@@ -249,6 +307,8 @@ pub struct FileConfig {
     pub bind: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    /// File holding the database URL (when `database_url` is not set).
+    pub database_url_file: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     pub db_pool_size: Option<usize>,
@@ -256,6 +316,8 @@ pub struct FileConfig {
     /// The default storage destination (overrides `storage_dir`), e.g. an S3 bucket.
     pub storage: Option<crate::destinations::DestinationConfig>,
     pub platform_token: Option<String>,
+    /// File holding the platform token (when `platform_token` is not set).
+    pub platform_token_file: Option<PathBuf>,
     /// Seconds blobs reported present stay protected from garbage collection.
     pub protect_grace_secs: Option<u64>,
     /// Seconds a running backup job may go unheard of before it is failed as abandoned.
@@ -324,7 +386,31 @@ impl Config {
             Some(d) => d,
             None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
         };
-        let database = match cli.database_url.clone().or(file.database_url.clone()) {
+        let database_url = match secret_or_file(
+            "database URL",
+            cli.database_url.clone(),
+            cli.database_url_file.as_deref(),
+        )? {
+            Some(url) => Some(url),
+            None => secret_or_file(
+                "database URL",
+                file.database_url.clone(),
+                file.database_url_file.as_deref(),
+            )?,
+        };
+        let platform_token = match secret_or_file(
+            "platform token",
+            cli.platform_token.clone(),
+            cli.platform_token_file.as_deref(),
+        )? {
+            Some(t) => Some(t),
+            None => secret_or_file(
+                "platform token",
+                file.platform_token.clone(),
+                file.platform_token_file.as_deref(),
+            )?,
+        };
+        let database = match database_url {
             Some(url) if !url.trim().is_empty() => Database::Url(url),
             _ => Database::Embedded,
         };
@@ -351,10 +437,7 @@ impl Config {
                     path: data_dir.join("storage"),
                 },
             },
-            platform_token: cli
-                .platform_token
-                .clone()
-                .or(file.platform_token)
+            platform_token: platform_token
                 .filter(|t| !t.trim().is_empty())
                 .map(crate::destinations::Secret::new),
             protect_grace_secs: file.protect_grace_secs.unwrap_or(24 * 3600),
@@ -432,6 +515,85 @@ mod tests {
         assert_eq!(cfg.log_level, "debug");
         assert_eq!(cfg.database, Database::Embedded);
         assert_eq!(cli.command, Some(Command::Migrate));
+    }
+
+    #[test]
+    fn database_url_and_platform_token_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("db-url");
+        std::fs::write(&url, "postgresql://owner:s3cret@db.example/keepsake\n").unwrap();
+        let token = dir.path().join("platform-token");
+        std::fs::write(&token, "  tok-from-file \n").unwrap();
+        let cli = Cli::try_parse_from([
+            "keepsake-server",
+            "--data-dir",
+            "/srv/k",
+            "--database-url-file",
+            url.to_str().unwrap(),
+            "--platform-token-file",
+            token.to_str().unwrap(),
+        ])
+        .unwrap();
+        let cfg = Config::resolve(&cli).unwrap();
+        assert_eq!(
+            cfg.database,
+            Database::Url("postgresql://owner:s3cret@db.example/keepsake".into())
+        );
+        assert_eq!(
+            cfg.platform_token.as_ref().map(|t| t.expose().to_string()),
+            Some("tok-from-file".to_string())
+        );
+
+        // The same keys in the config file.
+        let conf = dir.path().join("server.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "data_dir = \"/srv/k\"\ndatabase_url_file = {:?}\n",
+                url.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let cli =
+            Cli::try_parse_from(["keepsake-server", "--config", conf.to_str().unwrap()]).unwrap();
+        assert!(
+            matches!(Config::resolve(&cli).unwrap().database, Database::Url(u) if u.contains("db.example"))
+        );
+
+        // A missing or empty file is a clear error, not a silent fall-back to the embedded
+        // database.
+        let missing = dir.path().join("nope");
+        let cli = Cli::try_parse_from([
+            "keepsake-server",
+            "--data-dir",
+            "/srv/k",
+            "--database-url-file",
+            missing.to_str().unwrap(),
+        ])
+        .unwrap();
+        let e = Config::resolve(&cli).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "cannot read the database URL file {}",
+                missing.display()
+            )),
+            "{e}"
+        );
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "keepsake-server",
+            "--data-dir",
+            "/srv/k",
+            "--platform-token-file",
+            empty.to_str().unwrap(),
+        ])
+        .unwrap();
+        let e = Config::resolve(&cli).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("the platform token file {} is empty", empty.display())
+        );
     }
 
     #[test]

@@ -19,6 +19,16 @@ async fn get(url: &str) -> (u16, serde_json::Value) {
     (status, body)
 }
 
+/// A `/readyz` body holds its three yes/no answers and nothing else: no error text, no SQL, no
+/// migration names.
+fn assert_only_yes_or_no(body: &serde_json::Value) {
+    let obj = body.as_object().expect("an object");
+    let mut keys: Vec<&str> = obj.keys().map(|k| k.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, ["database", "migrations_current", "ready"], "{body}");
+    assert!(obj.values().all(|v| v.is_boolean()), "{body}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -248,6 +258,7 @@ async fn readyz_reports_an_edited_migration_and_a_missing_database() {
     let (code, body) = get(&format!("{}/readyz", server.url())).await;
     assert_eq!(code, 503);
     assert_eq!(body["migrations_current"], false);
+    assert_only_yes_or_no(&body);
     // An edited migration is refused by the runner, not silently re-applied.
     let mut client = db.owner().await;
     let err = migrate::apply(&mut client).await.unwrap_err();
@@ -274,6 +285,7 @@ async fn readyz_reports_an_edited_migration_and_a_missing_database() {
     let (code, body) = get(&format!("{}/readyz", server.url())).await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["database"], false);
+    assert_only_yes_or_no(&body);
     let (code, _) = get(&format!("{}/healthz", server.url())).await;
     assert_eq!(code, 200);
     server.shutdown().await.unwrap();

@@ -88,10 +88,11 @@ impl RunError {
     }
 }
 
-/// Crash injection for tests: when `KEEPSAKE_FAILPOINT` names this point, the process aborts
-/// on the spot, exactly like a power cut or `kill -9` at that moment.
+/// Crash injection for tests: when `KEEPSAKE_FAILPOINT` names this point (and the build has the
+/// `test-hooks` feature, see [`crate::test_hooks`]), the process aborts on the spot, exactly like
+/// a power cut or `kill -9` at that moment. In any other build it does nothing.
 pub fn failpoint(name: &str) {
-    if std::env::var("KEEPSAKE_FAILPOINT").is_ok_and(|v| v == name) {
+    if crate::test_hooks::failpoint_armed(name) {
         eprintln!("keepsake: failpoint {name}: aborting");
         std::process::abort();
     }
@@ -285,14 +286,9 @@ impl<'a> Run<'a> {
         let mut summary = BackupSummary::empty();
         loop {
             summary.attempts += 1;
-            let work = self
-                .home
-                .path(crate::home::TMP_DIR)
-                .join(format!("backup-{}", Uuid::new_v4().simple()));
-            std::fs::create_dir_all(&work)
-                .map_err(|e| RunError::Other(format!("{}: {e}", work.display())))?;
-            let result = pass.attempt(catalog, &work, observer, &mut summary);
-            let _ = std::fs::remove_dir_all(&work);
+            let work = self.home.scratch_dir("backup-")?;
+            let result = pass.attempt(catalog, work.path(), observer, &mut summary);
+            drop(work);
             match result? {
                 Some(missing) if summary.attempts < self.opts.max_attempts => {
                     tracing::warn!(

@@ -38,7 +38,8 @@ pub(super) fn try_lock_file(path: &Path) -> Result<Option<std::fs::File>, Daemon
 /// for a moment (a `keepsake status` checking whether a daemon runs) is waited for, up to two
 /// seconds; a lock held longer is another daemon.
 pub(super) fn lock_daemon(home: &Home) -> Result<std::fs::File, DaemonError> {
-    std::fs::create_dir_all(home.dir()).map_err(|e| DaemonError::Other(e.to_string()))?;
+    home.ensure_dir()
+        .map_err(|e| DaemonError::Other(e.to_string()))?;
     let path = home.path(DAEMON_LOCK);
     for attempt in 0..20 {
         if let Some(mut f) = try_lock_file(&path)? {

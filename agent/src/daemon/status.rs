@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::backup::Classifier;
 use crate::catalog::Priority;
 use crate::client;
-use crate::home::{write_private, Home, STATUS_FILE};
+use crate::home::{Home, STATUS_FILE};
 use crate::relpath::RelPath;
 
 use super::{daemon_running, Daemon, QUICK};
@@ -159,7 +159,7 @@ impl Daemon {
             in_wedding_season: self.policy.as_ref().is_some_and(|p| p.in_wedding_season),
         };
         if let Ok(json) = serde_json::to_vec_pretty(&st) {
-            let _ = write_private(&self.home.path(STATUS_FILE), &json);
+            let _ = self.home.write_file(STATUS_FILE, &json);
         }
     }
 

@@ -16,7 +16,7 @@
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 
-use super::{Home, CATALOG_FILE, LOCK_FILE};
+use super::{Home, HomeError, CATALOG_FILE, LOCK_FILE};
 use crate::catalog::{Catalog, CatalogError, WriterLock};
 
 /// The catalog opened by the one process allowed to write it (dropping it releases the lock).
@@ -55,6 +55,7 @@ impl CatalogOpener {
 impl Home {
     /// Opens the catalog for reading (it is created, empty, when missing).
     pub fn catalog(&self) -> Result<Catalog, CatalogError> {
+        self.ensure_for_catalog()?;
         Catalog::open(&self.path(CATALOG_FILE))
     }
 
@@ -70,11 +71,26 @@ impl Home {
     /// Takes the writer lock without waiting ([`CatalogError::Locked`] when another process
     /// holds it), then opens the catalog.
     pub fn catalog_writer(&self) -> Result<CatalogWriter, CatalogError> {
+        self.ensure_for_catalog()?;
         let lock = WriterLock::acquire(&self.path(LOCK_FILE))?;
         let catalog = self.catalog()?;
         Ok(CatalogWriter {
             catalog,
             _lock: lock,
+        })
+    }
+
+    /// [`Home::ensure_dir`] with the catalog's error type.
+    fn ensure_for_catalog(&self) -> Result<(), CatalogError> {
+        self.ensure_dir().map_err(|e| match e {
+            HomeError::Io { path, source } => CatalogError::Io {
+                path: path.display().to_string(),
+                source,
+            },
+            other => CatalogError::Io {
+                path: self.dir().display().to_string(),
+                source: std::io::Error::other(other.to_string()),
+            },
         })
     }
 

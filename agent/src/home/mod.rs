@@ -16,6 +16,10 @@
 //! <home>/policy.json     the organisation's policy as last received (see `policy`)
 //! ```
 //!
+//! The home is created with mode 0700 and an existing one open to other users is tightened
+//! ([`Home::ensure_dir`]); scratch folders under `tmp/` get exclusive random names
+//! ([`Home::scratch_dir`]).
+//!
 //! Crash behaviour: every file the home owns is written atomically (temp file, fsync, rename;
 //! [`write_private`]), so a crash leaves the old version or the new one, never a torn file. The
 //! catalog has its own transactions (see `catalog`) and is handed out by `catalog`'s
@@ -122,24 +126,54 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HomeError + '_ {
     }
 }
 
-/// Writes `data` to `path` atomically (temp file + rename), readable by the owner only.
-pub fn write_private(path: &Path, data: &[u8]) -> Result<(), HomeError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = path.with_extension("tmp");
+/// Creates `dir` and its missing parents readable by the owner only (mode 0700 on Unix); an
+/// existing folder is left as it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
     {
-        let mut opts = fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(data).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
     }
-    fs::rename(&tmp, path).map_err(io_err(path))?;
+    b.create(dir)
+}
+
+/// A new folder `<parent>/<prefix><random>`, created exclusively (a name that exists is never
+/// reused) with mode 0700 (Unix), removed when the returned value is dropped.
+pub fn private_temp_dir(parent: &Path, prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(fs::Permissions::from_mode(0o700));
+    }
+    b.tempdir_in(parent)
+}
+
+/// Writes `data` to `path` atomically, readable by the owner only: a temporary file with a
+/// random name beside it, created exclusively (`O_EXCL`, mode 0600), synced, then renamed over
+/// `path`. A missing parent folder is created with mode 0700. A crash leaves the old `path` or
+/// the new one (and at worst an orphan `.<name>.*.tmp` beside it).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), HomeError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    create_private_dir(dir).map_err(io_err(dir))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    tmp.write_all(data).map_err(io_err(tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
     Ok(())
 }
 
@@ -157,6 +191,56 @@ impl Home {
     /// Path of a file in the home.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Creates the home when missing, with mode 0700 (Unix). An existing home that other users
+    /// can read or enter (a home made by an older version, or by hand) is tightened to 0700 with
+    /// a warning; when that is not possible (another owner) the warning says so and the home is
+    /// used as it is. Every file the home creates goes through here first.
+    pub fn ensure_dir(&self) -> Result<(), HomeError> {
+        create_private_dir(&self.dir).map_err(io_err(&self.dir))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&self.dir)
+                .map_err(io_err(&self.dir))?
+                .permissions()
+                .mode()
+                & 0o7777;
+            if mode & 0o077 != 0 {
+                let home = self.dir.display();
+                match fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)) {
+                    Ok(()) => tracing::warn!(
+                        %home,
+                        old_mode = format!("{mode:o}"),
+                        "the agent's home was open to other users; tightened it to 0700"
+                    ),
+                    Err(e) => tracing::warn!(
+                        %home,
+                        mode = format!("{mode:o}"),
+                        error = %e,
+                        "the agent's home is open to other users and cannot be tightened"
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the home's file `name` atomically, readable by the owner only ([`write_private`]),
+    /// creating the home first ([`Home::ensure_dir`]).
+    pub fn write_file(&self, name: &str, data: &[u8]) -> Result<(), HomeError> {
+        self.ensure_dir()?;
+        write_private(&self.path(name), data)
+    }
+
+    /// A new scratch folder `<home>/tmp/<prefix><random>`: created exclusively (a name that
+    /// exists is never reused), mode 0700, removed when the returned value is dropped.
+    pub fn scratch_dir(&self, prefix: &str) -> Result<tempfile::TempDir, HomeError> {
+        self.ensure_dir()?;
+        let tmp = self.path(TMP_DIR);
+        create_private_dir(&tmp).map_err(io_err(&tmp))?;
+        private_temp_dir(&tmp, prefix).map_err(io_err(&tmp))
     }
 
     /// Whether the agent is enrolled.
@@ -187,7 +271,7 @@ impl Home {
             path: p.clone(),
             message: e.to_string(),
         })?;
-        write_private(&p, text.as_bytes())
+        self.write_file(CONFIG_FILE, text.as_bytes())
     }
 
     /// The organisation's public keys (what backing up needs).
@@ -217,7 +301,7 @@ impl Home {
             path: self.path(KEYS_FILE),
             message: e.to_string(),
         })?;
-        write_private(&self.path(KEYS_FILE), &json)
+        self.write_file(KEYS_FILE, &json)
     }
 
     /// The unsealed keys kept on disk, when there are any.
@@ -233,7 +317,7 @@ impl Home {
     /// Keeps the unsealed keys on disk (only call when the organisation allows it).
     pub fn save_secret_keys(&self, keys: &OrgKeys) -> Result<(), HomeError> {
         let json = keys.to_secret_json()?;
-        write_private(&self.path(SECRET_KEYS_FILE), &json)
+        self.write_file(SECRET_KEYS_FILE, &json)
     }
 
     /// Removes unsealed keys from disk.
@@ -295,3 +379,6 @@ impl SecretSource {
         }
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests;

@@ -8,7 +8,7 @@
 
 use keepsake_common::api::AgentPolicy;
 
-use super::{write_private, Home, HomeError};
+use super::{Home, HomeError};
 
 /// File name of the cached policy.
 pub const POLICY_FILE: &str = "policy.json";
@@ -20,7 +20,7 @@ impl Home {
             path: self.path(POLICY_FILE),
             message: e.to_string(),
         })?;
-        write_private(&self.path(POLICY_FILE), &json)
+        self.write_file(POLICY_FILE, &json)
     }
 
     /// The last policy received, if any.

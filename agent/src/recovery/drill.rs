@@ -3,7 +3,6 @@
 //! mid-drill leaves the scratch folder behind and records nothing on the server.
 
 use std::collections::BinaryHeap;
-use std::fs;
 use std::io;
 use std::path::Path;
 use std::time::Instant;
@@ -85,12 +84,15 @@ pub fn drill(
             point.id
         )));
     }
-    fs::create_dir_all(scratch_parent).map_err(io_at(scratch_parent))?;
-    let scratch = scratch_parent.join(format!("drill-{}", Uuid::new_v4().simple()));
-    let result = drill_in(client, keys, point.id, &sample, &scratch);
-    if let Err(e) = fs::remove_dir_all(&scratch) {
+    crate::home::create_private_dir(scratch_parent).map_err(io_at(scratch_parent))?;
+    // A fresh folder, created exclusively under a random name (mode 0700).
+    let scratch =
+        crate::home::private_temp_dir(scratch_parent, "drill-").map_err(io_at(scratch_parent))?;
+    let dir = scratch.path().to_path_buf();
+    let result = drill_in(client, keys, point.id, &sample, &dir);
+    if let Err(e) = scratch.close() {
         if e.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(dir = %scratch.display(), error = %e, "cannot remove the drill's scratch folder");
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the drill's scratch folder");
         }
     }
     let (total, validation) = result?;

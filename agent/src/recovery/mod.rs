@@ -64,10 +64,7 @@ pub use claim::{claim, daemon_tick, DEFAULT_LEASE_SECONDS};
 pub use drill::{drill, DrillOutcome, DEFAULT_DRILL_FILES};
 pub use execute::{execute, ExecuteOptions, PROGRESS_INTERVAL_ENV};
 pub use outcome::RecoveryOutcome;
-pub use plan::{
-    check_space, for_each_entry, free_space, plan_restore, RestorePlan, SpaceCheck,
-    TEST_FREE_BYTES_ENV,
-};
+pub use plan::{check_space, for_each_entry, free_space, plan_restore, RestorePlan, SpaceCheck};
 pub use progress::{phase, JobProgress};
 pub use validate::{validate, validate_from, ValidateProgress, MAX_PROBLEMS_LISTED};
 

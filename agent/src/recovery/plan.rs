@@ -15,11 +15,6 @@ use super::RecoveryError;
 use crate::client::ApiClient;
 use crate::restore::names::{local_rel_path, NameRules};
 
-/// Test hook: when set to a number, [`free_space`] reports that many free bytes instead of
-/// asking the file system (the space check is otherwise impossible to exercise without filling
-/// a disk). Read nowhere else.
-pub const TEST_FREE_BYTES_ENV: &str = "KEEPSAKE_TEST_FREE_BYTES";
-
 /// Calls `each` for every entry of `point` under `prefixes` (page by page: bounded memory).
 pub fn for_each_entry(
     client: &ApiClient,
@@ -90,12 +85,11 @@ pub fn plan_restore(
 }
 
 /// Free bytes for an unprivileged user on the file system that holds `path` (or, when it does
-/// not exist yet, its nearest existing parent). [`TEST_FREE_BYTES_ENV`] overrides it.
+/// not exist yet, its nearest existing parent). In test builds,
+/// [`crate::test_hooks::FREE_BYTES_ENV`] overrides it (the space check is otherwise impossible to
+/// exercise without filling a disk).
 pub fn free_space(path: &Path) -> io::Result<u64> {
-    if let Some(v) = std::env::var(TEST_FREE_BYTES_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
+    if let Some(v) = crate::test_hooks::free_bytes() {
         return Ok(v);
     }
     let mut p = path;

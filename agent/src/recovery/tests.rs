@@ -57,7 +57,7 @@ fn a_jobs_prefixes_are_checked_before_they_are_walked() {
 fn free_space_of_a_missing_folder_is_its_parents() {
     let dir = tempfile::tempdir().unwrap();
     let deep = dir.path().join("not/yet/there");
-    if std::env::var_os(TEST_FREE_BYTES_ENV).is_none() {
+    if crate::test_hooks::free_bytes().is_none() {
         let free = free_space(&deep).unwrap();
         assert!(free > 0);
         assert!(!deep.exists(), "measuring creates nothing");

@@ -33,14 +33,13 @@ pub use scenarios::*;
 /// Version string of the HTTP API.
 pub const API_VERSION: &str = "v1";
 
-/// Body of `GET /readyz`.
+/// Body of `GET /readyz`: three yes/no answers and nothing else (the reason for a "no" goes to
+/// the server's log, never to an unauthenticated caller).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Readiness {
     pub ready: bool,
     pub database: bool,
     pub migrations_current: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
 }
 
 /// Error body of every non-2xx answer.

@@ -1,4 +1,6 @@
-//! Liveness and readiness probes.
+//! Liveness and readiness probes. They answer anyone, so they say only yes or no: why the
+//! server is not ready (the database's error, which migrations are pending or edited) goes to
+//! the log.
 //!
 //! Crash behaviour: read-only probes; nothing to lose.
 
@@ -15,6 +17,17 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+fn not_ready(database: bool) -> (StatusCode, Json<Readiness>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(Readiness {
+            ready: false,
+            database,
+            migrations_current: false,
+        }),
+    )
+}
+
 /// `/readyz`: the database answers and its schema matches this binary's migrations.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let check = async {
@@ -23,46 +36,29 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         migrate::status(&client).await.map_err(|e| e.to_string())
     };
     match tokio::time::timeout(std::time::Duration::from_secs(5), check).await {
+        Ok(Ok(status)) if status.is_current() => (
+            StatusCode::OK,
+            Json(Readiness {
+                ready: true,
+                database: true,
+                migrations_current: true,
+            }),
+        ),
         Ok(Ok(status)) => {
-            let current = status.is_current();
-            let detail = (!current).then(|| {
-                format!(
-                    "pending migrations: {:?}; edited migrations: {:?}",
-                    status.pending, status.edited
-                )
-            });
-            let code = if current {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            (
-                code,
-                Json(Readiness {
-                    ready: current,
-                    database: true,
-                    migrations_current: current,
-                    detail,
-                }),
-            )
+            tracing::warn!(
+                pending = ?status.pending,
+                edited = ?status.edited,
+                "not ready: the database schema does not match this binary's migrations"
+            );
+            not_ready(true)
         }
-        Ok(Err(detail)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Readiness {
-                ready: false,
-                database: false,
-                migrations_current: false,
-                detail: Some(detail),
-            }),
-        ),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Readiness {
-                ready: false,
-                database: false,
-                migrations_current: false,
-                detail: Some("database did not answer within 5 s".into()),
-            }),
-        ),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "not ready: the database cannot be reached");
+            not_ready(false)
+        }
+        Err(_) => {
+            tracing::warn!("not ready: the database did not answer within 5 s");
+            not_ready(false)
+        }
     }
 }
