@@ -10,6 +10,7 @@
 
 mod admin;
 mod blobs;
+mod client_ip;
 mod enroll;
 mod health;
 mod jobs;
@@ -19,11 +20,11 @@ mod policy;
 mod recovery;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +33,7 @@ use axum::{Json, Router};
 use keepsake_common::api::{ErrorBody, MAX_DELTA_PART_BODY, MAX_PACK_BODY};
 use uuid::Uuid;
 
+pub(crate) use self::client_ip::ClientIp;
 use crate::auth::{self, FailureThrottle, Principal};
 use crate::db::{self, Actor, Db, DbError};
 use crate::destinations::{Destination, DestinationConfig, DestinationError};
@@ -47,6 +49,8 @@ pub struct HttpSettings {
     /// Authentication failures per address before it is throttled, and the window.
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (see [`client_ip`]).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for HttpSettings {
@@ -56,6 +60,7 @@ impl Default for HttpSettings {
             platform_token_hash: None,
             auth_failure_limit: 20,
             auth_failure_window: Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -335,14 +340,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn client_ip(parts: &Parts) -> IpAddr {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
-}
-
 fn bearer(parts: &Parts) -> Option<&str> {
     let v = parts
         .headers
@@ -372,7 +369,7 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ip = client_ip(parts);
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
         check_throttle(state, ip)?;
         let Some(token) = bearer(parts) else {
             state.inner.throttle.failed(ip);
