@@ -19,7 +19,7 @@ use keepsake_common::keys::{KeyBundle, OrgKeys, PaperKey};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::client::{ApiClient, ClientError};
+use crate::client::{ApiClient, ClientError, Transport};
 use crate::home::{AgentConfig, Home, HomeError, SecretSource};
 
 /// Errors of enrolment.
@@ -54,6 +54,8 @@ pub struct EnrollOptions {
     pub paper_key_out: Option<PathBuf>,
     /// Scrypt work factor of the bundle (tests lower it; `None` is the strong default).
     pub scrypt_log_n: Option<u8>,
+    /// Plain `http://` to another machine allowed, and extra CA trusted (kept in `agent.toml`).
+    pub transport: Transport,
 }
 
 /// What enrolment did.
@@ -110,7 +112,8 @@ pub fn enroll(home: &Home, opts: &EnrollOptions) -> Result<Enrolled, EnrollError
             crate::home::PASSPHRASE_ENV
         )));
     }
-    let anon = ApiClient::new(opts.server_urls.clone(), None)?;
+    // Refuses plain http:// to another machine before the token crosses the network.
+    let anon = ApiClient::with_transport(opts.server_urls.clone(), None, &opts.transport)?;
     let e = anon.enroll(&EnrollRequest {
         enroll_token: opts.enroll_token.trim().to_string(),
         name: opts.name.clone(),
@@ -126,6 +129,8 @@ pub fn enroll(home: &Home, opts: &EnrollOptions) -> Result<Enrolled, EnrollError
         agent_name: opts.name.clone(),
         token: e.agent_token.clone(),
         allow_unsealed_key_on_disk: e.allow_unsealed_key_on_disk,
+        insecure_http: opts.transport.insecure_http,
+        ca_cert: opts.transport.ca_cert.clone(),
     };
     home.save_config(&cfg)?;
     finish_enrolment(home, opts)
@@ -135,8 +140,10 @@ pub fn enroll(home: &Home, opts: &EnrollOptions) -> Result<Enrolled, EnrollError
 /// passphrase leaves the home enrolled without keys; running `keepsake enroll` again with the
 /// right one finishes here.
 fn finish_enrolment(home: &Home, opts: &EnrollOptions) -> Result<Enrolled, EnrollError> {
-    let cfg = home.config()?;
-    let client = ApiClient::new(cfg.server_urls.clone(), Some(cfg.token.clone()))?;
+    let (cfg, client) = crate::client::connect(home, None).map_err(|e| match e {
+        crate::client::ConnectError::Home(h) => EnrollError::Home(h),
+        crate::client::ConnectError::Client(c) => EnrollError::Client(c),
+    })?;
     let (keys, generated, paper) = setup_keys(&client, opts).map_err(|e| match e {
         EnrollError::Client(_) => e,
         other => EnrollError::Other(format!(

@@ -4,18 +4,21 @@
 //! operating system however the process ends). On a crash: the embedded cluster may outlive the
 //! server; the next start finds its postmaster (or its stale `postmaster.pid`) and takes it over
 //! ([`crate::db::embedded`]); migrations are applied one transaction per file, so an interrupted
-//! migration is applied again from its start; requests in flight are lost (each write they made
+//! migration is applied again from its start; with `tls_cert` and `tls_key` set it serves HTTPS
+//! only (rustls), and a certificate or key it cannot load stops the start; requests in flight are lost (each write they made
 //! is one transaction, so it either happened whole or not at all) and agents retry them.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, Database, LogFormat};
+use crate::config::{Config, Database, LogFormat, TlsFiles};
 use crate::db::embedded::{self, Cluster, ClusterOptions};
 use crate::db::{self, migrate, Db, DbError};
 use crate::destinations::{Destination, DestinationError};
@@ -41,6 +44,44 @@ pub enum ServerError {
     Storage(#[from] DestinationError),
     #[error("server task failed: {0}")]
     Task(String),
+    #[error("TLS: {path}: {message}")]
+    Tls { path: PathBuf, message: String },
+}
+
+/// Loads the HTTPS certificate chain and key (PEM) into a rustls configuration (aws-lc-rs, the
+/// provider the agent's client uses too; HTTP/2 and HTTP/1.1 offered).
+fn load_tls(files: &TlsFiles) -> Result<RustlsConfig, ServerError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_err = |path: &PathBuf, message: String| ServerError::Tls {
+        path: path.clone(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls_err(&files.cert, format!("cannot read the certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(tls_err(
+            &files.cert,
+            "no PEM certificate in the file".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| tls_err(&files.key, format!("cannot read the private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(&files.cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            tls_err(
+                &files.cert,
+                format!("certificate and key are not usable together: {e}"),
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(RustlsConfig::from_config(Arc::new(config)))
 }
 
 /// The database a server process uses, with the embedded cluster kept alive alongside.
@@ -119,14 +160,17 @@ pub async fn run_migrations(owner: &tokio_postgres::Config) -> Result<Vec<String
 /// A server running in this process.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Whether it serves HTTPS (else plain HTTP).
+    pub tls: bool,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }
 
 impl RunningServer {
-    /// Base URL such as `http://127.0.0.1:8420`.
+    /// Base URL such as `http://127.0.0.1:8420` (`https://` when it serves HTTPS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Asks the server to stop and waits until in-flight requests are done and the embedded
@@ -152,6 +196,8 @@ pub async fn start(
     config: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<RunningServer, ServerError> {
+    // A certificate that cannot be loaded stops the start before anything else happens.
+    let tls = config.tls.as_ref().map(load_tls).transpose()?;
     let _lock = match config.database {
         Database::Embedded => Some(lock_data_dir(&config.data_dir)?),
         Database::Url(_) => None,
@@ -168,6 +214,7 @@ pub async fn start(
             .platform_token
             .as_ref()
             .map(|t| crate::auth::hash_token(t.expose())),
+        trusted_proxies: config.trusted_proxies.clone(),
         ..HttpSettings::default()
     };
     let listener = TcpListener::bind(config.bind)
@@ -177,7 +224,8 @@ pub async fn start(
             source,
         })?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "listening");
+    tracing::info!(%addr, https = tls.is_some(), "listening");
+    let serving_tls = tls.is_some();
     let (tx, rx) = oneshot::channel::<()>();
     let sweeper = tokio::spawn(sweep_abandoned_jobs(
         db.clone(),
@@ -205,8 +253,31 @@ pub async fn start(
         // In-flight requests get a grace period; a request stuck longer (a huge commit, a
         // client that stopped reading) must not keep the server and its database running.
         // Their transactions roll back when the cluster stops.
+        let serve: std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
+        > = match tls {
+            None => Box::pin(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .into_future(),
+            ),
+            Some(tls) => {
+                let handle = axum_server::Handle::<SocketAddr>::new();
+                let stopper = handle.clone();
+                tokio::spawn(async move {
+                    shutdown.await;
+                    stopper.graceful_shutdown(None);
+                });
+                let listener = listener.into_std()?;
+                Box::pin(
+                    axum_server::from_tcp_rustls(listener, tls)?
+                        .handle(handle)
+                        .serve(app),
+                )
+            }
+        };
         let served = tokio::select! {
-            r = axum::serve(listener, app).with_graceful_shutdown(shutdown) => r,
+            r = serve => r,
             _ = async {
                 begun.notified().await;
                 tokio::time::sleep(shutdown_grace()).await;
@@ -226,6 +297,7 @@ pub async fn start(
     });
     Ok(RunningServer {
         addr,
+        tls: serving_tls,
         shutdown: Some(tx),
         task,
     })

@@ -31,6 +31,8 @@ pub enum ConfigError {
     },
     #[error("the {what} file {path} is empty")]
     EmptySecretFile { what: &'static str, path: PathBuf },
+    #[error("HTTPS needs both tls_cert and tls_key (only {given} is set)")]
+    TlsIncomplete { given: &'static str },
 }
 
 /// Reads a secret (a database URL, a token) kept in a file instead of on the command line: the
@@ -62,6 +64,34 @@ fn secret_or_file(
         (None, Some(p)) => read_secret_file(what, p).map(Some),
         (None, None) => Ok(None),
     }
+}
+
+/// The certificate chain and private key (PEM files) the server serves HTTPS with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A trusted reverse proxy: one address (`10.0.0.5`) or a network (`10.0.0.0/24`).
+pub fn parse_proxy(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/24)"))
+}
+
+fn deserialize_proxies<'de, D>(d: D) -> Result<Option<Vec<ipnet::IpNet>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let list: Option<Vec<String>> = Option::deserialize(d)?;
+    list.map(|l| {
+        l.iter()
+            .map(|s| parse_proxy(s).map_err(serde::de::Error::custom))
+            .collect()
+    })
+    .transpose()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -141,6 +171,23 @@ pub struct Cli {
     /// commit) before it is failed as abandoned and its staged delta discarded (default 1800).
     #[arg(long, env = "KEEPSAKE_JOB_LEASE_SECS", global = true)]
     pub job_lease_secs: Option<u64>,
+    /// Certificate chain (PEM) for HTTPS; with `--tls-key` the server serves HTTPS only.
+    #[arg(long, env = "KEEPSAKE_TLS_CERT", global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "KEEPSAKE_TLS_KEY", global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Reverse proxy whose `X-Forwarded-For` is believed: an address or a network (repeatable;
+    /// comma-separated in the environment). Without it the TCP peer is the client.
+    #[arg(
+        long = "trusted-proxy",
+        env = "KEEPSAKE_TRUSTED_PROXIES",
+        global = true,
+        value_name = "IP|CIDR",
+        value_delimiter = ',',
+        value_parser = parse_proxy
+    )]
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -322,6 +369,13 @@ pub struct FileConfig {
     pub protect_grace_secs: Option<u64>,
     /// Seconds a running backup job may go unheard of before it is failed as abandoned.
     pub job_lease_secs: Option<u64>,
+    /// Certificate chain (PEM) for HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (addresses or networks).
+    #[serde(default, deserialize_with = "deserialize_proxies")]
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
 }
 
 impl FileConfig {
@@ -370,6 +424,10 @@ pub struct Config {
     pub protect_grace_secs: u64,
     /// Lease of a running backup job (see [`Cli::job_lease_secs`]).
     pub job_lease_secs: u64,
+    /// HTTPS certificate and key; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Default lease of a running backup job: 30 minutes without a delta part or a commit.
@@ -414,7 +472,22 @@ impl Config {
             Some(url) if !url.trim().is_empty() => Database::Url(url),
             _ => Database::Embedded,
         };
+        let tls = match (
+            cli.tls_cert.clone().or(file.tls_cert),
+            cli.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::TlsIncomplete { given: "tls_cert" }),
+            (None, Some(_)) => return Err(ConfigError::TlsIncomplete { given: "tls_key" }),
+        };
         Ok(Config {
+            tls,
+            trusted_proxies: cli
+                .trusted_proxies
+                .clone()
+                .or(file.trusted_proxies)
+                .unwrap_or_default(),
             database,
             bind: cli
                 .bind
@@ -465,6 +538,8 @@ impl Config {
             platform_token: None,
             protect_grace_secs: 24 * 3600,
             job_lease_secs: DEFAULT_JOB_LEASE_SECS,
+            tls: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -594,6 +669,58 @@ mod tests {
             e,
             format!("the platform token file {} is empty", empty.display())
         );
+    }
+
+    #[test]
+    fn tls_and_trusted_proxies_come_from_file_env_or_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "tls_cert = \"/etc/ks/cert.pem\"\ntls_key = \"/etc/ks/key.pem\"\n\
+             trusted_proxies = [\"10.0.0.5\", \"192.168.0.0/16\", \"::1\"]\n",
+        )
+        .unwrap();
+        let args = ["keepsake-server", "--config", file.to_str().unwrap()];
+        let cfg = Config::resolve(&Cli::try_parse_from(args).unwrap()).unwrap();
+        assert_eq!(
+            cfg.tls,
+            Some(TlsFiles {
+                cert: "/etc/ks/cert.pem".into(),
+                key: "/etc/ks/key.pem".into()
+            })
+        );
+        let shown: Vec<String> = cfg.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.5/32", "192.168.0.0/16", "::1/128"]);
+        // Flags replace the file's list.
+        let cli = Cli::try_parse_from([
+            "keepsake-server",
+            "--config",
+            file.to_str().unwrap(),
+            "--trusted-proxy",
+            "172.16.0.0/12,127.0.0.1",
+        ])
+        .unwrap();
+        let shown: Vec<String> = Config::resolve(&cli)
+            .unwrap()
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shown, ["172.16.0.0/12", "127.0.0.1/32"]);
+        // Half a TLS setting is refused; so is a proxy that is not an address.
+        let cli = Cli::try_parse_from(["keepsake-server", "--tls-cert", "/x.pem"]).unwrap();
+        let err = Config::resolve(&cli).unwrap_err().to_string();
+        assert!(err.contains("tls_key"), "{err}");
+        let err = Cli::try_parse_from(["keepsake-server", "--trusted-proxy", "proxy.lan"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an IP address"), "{err}");
+        std::fs::write(&file, "trusted_proxies = [\"10.0.0.300\"]\n").unwrap();
+        let err = Config::resolve(&Cli::try_parse_from(args).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an IP address"), "{err}");
     }
 
     #[test]

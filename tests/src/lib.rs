@@ -49,9 +49,14 @@ pub fn free_port() -> u16 {
 
 /// Waits until `url/readyz` answers 200.
 pub fn wait_ready(url: &str, limit: Duration) {
+    wait_ready_with(&reqwest::blocking::Client::new(), url, limit)
+}
+
+/// [`wait_ready`] with a given client (e.g. one that trusts a test CA).
+pub fn wait_ready_with(client: &reqwest::blocking::Client, url: &str, limit: Duration) {
     let start = Instant::now();
     loop {
-        if let Ok(r) = reqwest::blocking::get(format!("{url}/readyz")) {
+        if let Ok(r) = client.get(format!("{url}/readyz")).send() {
             if r.status().is_success() {
                 return;
             }
@@ -83,6 +88,22 @@ impl ServerProc {
         port: Option<u16>,
         extra: &[&str],
     ) -> ServerProc {
+        ServerProc::spawn(database_url, data_dir, port, extra, None)
+    }
+
+    /// Like `start_with` for a server given `--tls-cert`/`--tls-key` in `extra`: its URL is
+    /// `https://`, and readiness is checked trusting the CA certificate `ca` (PEM).
+    pub fn start_tls(database_url: &str, data_dir: &Path, extra: &[&str], ca: &Path) -> ServerProc {
+        ServerProc::spawn(database_url, data_dir, None, extra, Some(ca))
+    }
+
+    fn spawn(
+        database_url: &str,
+        data_dir: &Path,
+        port: Option<u16>,
+        extra: &[&str],
+        ca: Option<&Path>,
+    ) -> ServerProc {
         let port = port.unwrap_or_else(free_port);
         let child = Command::new(server_bin())
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
@@ -97,8 +118,14 @@ impl ServerProc {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn keepsake-server");
-        let url = format!("http://127.0.0.1:{port}");
-        wait_ready(&url, Duration::from_secs(60));
+        let mut client = reqwest::blocking::Client::builder();
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).expect("CA certificate");
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+        }
+        let scheme = if ca.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        wait_ready_with(&client.build().unwrap(), &url, Duration::from_secs(60));
         ServerProc {
             child,
             url,
@@ -114,7 +141,7 @@ impl ServerProc {
         let _ = self.child.wait();
     }
 
-    /// Starts it again on the same port and data.
+    /// Starts it again on the same port and data (plain HTTP).
     pub fn restart(&mut self) {
         self.kill();
         let again = ServerProc::start(&self.database_url, &self.data_dir, Some(self.port));
@@ -396,6 +423,40 @@ impl World {
             server,
             rt,
         }
+    }
+
+    /// A world whose server serves HTTPS only, with a self-signed certificate for 127.0.0.1 made
+    /// here (rcgen); returns the certificate's PEM file, the CA an agent must trust.
+    pub fn https() -> (World, PathBuf) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let db = rt.block_on(testkit::test_db());
+        let dir = tempfile::Builder::new()
+            .prefix("keepsake-e2e")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let (cert, key) = (root.join("cert.pem"), root.join("key.pem"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        let extra = [
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ];
+        let server = ServerProc::start_tls(&db.url(), &root.join("server"), &extra, &cert);
+        let world = World {
+            _dir: dir,
+            root,
+            db,
+            server,
+            rt,
+        };
+        (world, cert)
     }
 
     /// `keepsake-server admin create-org` through the real binary.

@@ -38,6 +38,14 @@ pub struct EnrollArgs {
     /// Passphrase or paper key.
     #[command(flatten)]
     pub secrets: SecretArgs,
+    /// Allow plain `http://` to a server that is not on this machine (token and data cross the
+    /// network unencrypted; remembered in agent.toml).
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// A CA certificate (PEM) to trust for the server's HTTPS, e.g. of a self-signed certificate
+    /// (remembered in agent.toml; keep the file where it is).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -82,6 +90,10 @@ pub(super) fn cmd_enroll(home: &Path, args: EnrollArgs, out: &mut dyn Write) -> 
             secrets: args.secrets.source(),
             paper_key_out: args.paper_key_out,
             scrypt_log_n: crate::test_hooks::scrypt_log_n(),
+            transport: crate::client::Transport {
+                insecure_http: args.insecure_http,
+                ca_cert: args.ca_cert.map(|p| std::path::absolute(&p).unwrap_or(p)),
+            },
         },
     )?;
     if args.json {

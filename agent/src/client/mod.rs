@@ -45,6 +45,19 @@ pub enum ClientError {
     /// A local file could not be read.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The client cannot be set up as configured (a refused URL, an unusable CA certificate).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How the client reaches the servers: which plain-HTTP URLs it accepts and which extra CA it
+/// trusts (see [`crate::home::AgentConfig`]).
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// Allow `http://` to servers that are not on this machine.
+    pub insecure_http: bool,
+    /// A CA certificate (PEM, may hold several) trusted besides the system's.
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl ClientError {
@@ -142,7 +155,14 @@ pub fn connect(
     retry: Option<RetryPolicy>,
 ) -> Result<(crate::home::AgentConfig, std::sync::Arc<ApiClient>), ConnectError> {
     let cfg = home.config()?;
-    let mut client = ApiClient::new(cfg.server_urls.clone(), Some(cfg.token.clone()))?;
+    let mut client = ApiClient::with_transport(
+        cfg.server_urls.clone(),
+        Some(cfg.token.clone()),
+        &Transport {
+            insecure_http: cfg.insecure_http,
+            ca_cert: cfg.ca_cert.clone(),
+        },
+    )?;
     if let Some(r) = retry {
         client = client.with_retry(r);
     }
@@ -153,10 +173,40 @@ impl ApiClient {
     /// A client for `urls` (tried in order; the first that answers is kept), authenticated with
     /// `token` when given.
     pub fn new(urls: Vec<String>, token: Option<String>) -> Result<ApiClient, ClientError> {
+        ApiClient::with_transport(urls, token, &Transport::default())
+    }
+
+    /// [`ApiClient::new`] with a transport: plain `http://` to another machine is refused unless
+    /// `transport.insecure_http`; `transport.ca_cert` is trusted for HTTPS.
+    pub fn with_transport(
+        urls: Vec<String>,
+        token: Option<String>,
+        transport: &Transport,
+    ) -> Result<ApiClient, ClientError> {
         if urls.is_empty() {
             return Err(ClientError::Network("no server URL configured".into()));
         }
-        let http = Client::builder()
+        crate::home::check_server_urls(&urls, transport.insecure_http)
+            .map_err(ClientError::Setup)?;
+        let mut builder = Client::builder();
+        if let Some(path) = &transport.ca_cert {
+            let pem = std::fs::read(path).map_err(|e| {
+                ClientError::Setup(format!("CA certificate {}: {e}", path.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    ClientError::Setup(format!(
+                        "CA certificate {}: no PEM certificate in the file",
+                        path.display()
+                    ))
+                })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(600))
             .pool_max_idle_per_host(8)
@@ -593,5 +643,44 @@ fn api_error(resp: Response) -> ClientError {
         message,
         code,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_transport_refuses_remote_plain_http_and_unusable_ca_files() {
+        let remote = vec!["http://192.0.2.1:8420".to_string()];
+        let err = ApiClient::new(remote.clone(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--insecure-http"), "{err}");
+        let allowed = Transport {
+            insecure_http: true,
+            ca_cert: None,
+        };
+        assert!(ApiClient::with_transport(remote, None, &allowed).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let https = vec!["https://127.0.0.1:8420".to_string()];
+        let missing = Transport {
+            insecure_http: false,
+            ca_cert: Some(dir.path().join("missing.pem")),
+        };
+        let err = ApiClient::with_transport(https.clone(), None, &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.pem"), "{err}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let bad = Transport {
+            insecure_http: false,
+            ca_cert: Some(junk),
+        };
+        let err = ApiClient::with_transport(https, None, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
     }
 }

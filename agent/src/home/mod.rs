@@ -111,6 +111,44 @@ pub struct AgentConfig {
     /// Whether the organisation allows keeping the unsealed key on disk.
     #[serde(default)]
     pub allow_unsealed_key_on_disk: bool,
+    /// Plain `http://` to a server that is not on this machine is allowed (enrolled with
+    /// `--insecure-http`); otherwise such a URL is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
+    /// A CA certificate (PEM) trusted for the servers' HTTPS besides the system's (enrolled with
+    /// `--ca-cert`), e.g. for a self-signed server certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Checks server URLs: `https://` anywhere, `http://` only to this machine (127.0.0.0/8, ::1,
+/// `localhost`) unless `insecure_http` allows it. The error names the URL and the way out.
+pub fn check_server_urls(urls: &[String], insecure_http: bool) -> Result<(), String> {
+    for url in urls {
+        let parsed = reqwest::Url::parse(url.trim())
+            .map_err(|e| format!("invalid server URL {url:?}: {e}"))?;
+        match parsed.scheme() {
+            "https" => {}
+            "http" if insecure_http => {}
+            "http" => {
+                let host = parsed.host_str().unwrap_or("");
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let loopback = host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    return Err(format!(
+                        "refusing plain http:// to {url}: the agent token and backups would cross \
+                         the network unencrypted; use https:// (with --ca-cert FILE for a \
+                         self-signed certificate) or enrol with --insecure-http"
+                    ));
+                }
+            }
+            other => return Err(format!("server URL {url:?}: unsupported scheme {other:?}")),
+        }
+    }
+    Ok(())
 }
 
 /// The agent's home folder.
@@ -258,10 +296,13 @@ impl Home {
             }
             Err(e) => return Err(io_err(&p)(e)),
         };
-        toml::from_str(&text).map_err(|e| HomeError::Invalid {
-            path: p,
+        let cfg: AgentConfig = toml::from_str(&text).map_err(|e| HomeError::Invalid {
+            path: p.clone(),
             message: e.to_string(),
-        })
+        })?;
+        check_server_urls(&cfg.server_urls, cfg.insecure_http)
+            .map_err(|message| HomeError::Invalid { path: p, message })?;
+        Ok(cfg)
     }
 
     /// Writes `agent.toml`.
@@ -382,3 +423,70 @@ impl SecretSource {
 
 #[cfg(all(test, unix))]
 mod tests;
+
+#[cfg(test)]
+mod transport_tests {
+    use super::*;
+
+    fn urls(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_this_machine_unless_allowed() {
+        let local = urls(&[
+            "http://127.0.0.1:8420",
+            "http://127.9.0.1",
+            "http://[::1]:8420/",
+            "http://LocalHost:1",
+            "https://backup.example.invalid",
+        ]);
+        assert_eq!(check_server_urls(&local, false), Ok(()));
+        for remote in [
+            "http://192.0.2.1:8420",
+            "http://example.invalid",
+            "http://[2001:db8::1]",
+        ] {
+            let err = check_server_urls(&urls(&["http://127.0.0.1:1", remote]), false).unwrap_err();
+            assert!(
+                err.contains(remote) && err.contains("--insecure-http"),
+                "{err}"
+            );
+            assert_eq!(check_server_urls(&urls(&[remote]), true), Ok(()));
+        }
+        let err = check_server_urls(&urls(&["ftp://127.0.0.1"]), true).unwrap_err();
+        assert!(err.contains("unsupported scheme"), "{err}");
+        assert!(check_server_urls(&urls(&["not a url"]), true).is_err());
+    }
+
+    #[test]
+    fn loading_a_config_with_plain_http_to_another_machine_fails_unless_it_was_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let mut cfg = AgentConfig {
+            server_urls: urls(&["http://192.0.2.1:8420"]),
+            organization_id: Uuid::nil(),
+            organization_name: "Org".into(),
+            agent_id: Uuid::nil(),
+            agent_name: "nas".into(),
+            token: "ksa_x".into(),
+            allow_unsealed_key_on_disk: false,
+            insecure_http: false,
+            ca_cert: None,
+        };
+        home.save_config(&cfg).unwrap();
+        let err = home.config().unwrap_err().to_string();
+        assert!(err.contains("refusing plain http://"), "{err}");
+        cfg.insecure_http = true;
+        cfg.ca_cert = Some(dir.path().join("ca.pem"));
+        home.save_config(&cfg).unwrap();
+        assert_eq!(home.config().unwrap(), cfg);
+        // A config written before these settings existed still loads (both off).
+        let old = "server_urls = [\"http://127.0.0.1:8420\"]\norganization_id = \
+                   \"00000000-0000-0000-0000-000000000000\"\nagent_id = \
+                   \"00000000-0000-0000-0000-000000000000\"\nagent_name = \"nas\"\ntoken = \"t\"\n";
+        std::fs::write(home.path(CONFIG_FILE), old).unwrap();
+        let loaded = home.config().unwrap();
+        assert!(!loaded.insecure_http && loaded.ca_cert.is_none());
+    }
+}

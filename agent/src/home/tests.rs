@@ -17,6 +17,8 @@ fn config() -> AgentConfig {
         agent_name: "laptop".into(),
         token: "secret-token".into(),
         allow_unsealed_key_on_disk: false,
+        insecure_http: false,
+        ca_cert: None,
     }
 }
 

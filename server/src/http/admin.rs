@@ -7,7 +7,7 @@
 //! Crash behaviour: the handlers keep no state; their changes are the data layer's transactions,
 //! whole or absent after a crash.
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use keepsake_common::api::{
@@ -16,7 +16,7 @@ use keepsake_common::api::{
 };
 use uuid::Uuid;
 
-use super::{check_throttle, in_tx, require_user, ApiError, AppState};
+use super::{check_throttle, in_tx, require_user, ApiError, AppState, ClientIp};
 use crate::auth::{hash_token, new_token, Principal, TokenKind, Who};
 use crate::db::orgs::{self, OrgError};
 use crate::db::roles::{self, Role};
@@ -60,11 +60,11 @@ pub(crate) async fn require_manager(st: &AppState, p: &Principal) -> Result<(), 
 /// `POST /v1/orgs`: platform administrators create organisations.
 pub async fn create_org(
     State(state): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     Json(req): Json<CreateOrgRequest>,
 ) -> Result<(StatusCode, Json<CreateOrgResponse>), ApiError> {
-    check_throttle(&state, addr.ip())?;
+    check_throttle(&state, ip)?;
     let Some(expected) = state.inner.settings.platform_token_hash else {
         return Err(ApiError::forbidden(
             "organisation creation over the API is disabled (no platform token configured); \
@@ -77,7 +77,7 @@ pub async fn create_org(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(hash_token);
     if presented != Some(expected) {
-        state.inner.throttle.failed(addr.ip());
+        state.inner.throttle.failed(ip);
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "a platform administrator token is required",

@@ -6,12 +6,12 @@
 //! owner then issues a new token; the half-enrolled machine is listed and can be revoked). The
 //! agent side finishes a half-done enrolment (keys not yet set up) with the agent token it saved.
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use keepsake_common::api::{EnrollRequest, EnrollResponse};
 
-use super::{check_throttle, in_tx, ApiError, AppState};
+use super::{check_throttle, in_tx, ApiError, AppState, ClientIp};
 use crate::auth::{hash_token, new_token, TokenKind};
 use crate::db::agents::{self, Enrolled};
 use crate::db::Actor;
@@ -28,10 +28,9 @@ fn clean(s: &str, what: &str, max: usize) -> Result<String, ApiError> {
 
 pub async fn enroll(
     State(state): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    ClientIp(ip): ClientIp,
     Json(req): Json<EnrollRequest>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
-    let ip = addr.ip();
     check_throttle(&state, ip)?;
     let name = clean(&req.name, "name", 200)?;
     let hostname = req

@@ -10,6 +10,7 @@
 
 mod admin;
 mod blobs;
+mod client_ip;
 mod enroll;
 mod health;
 mod jobs;
@@ -20,11 +21,11 @@ mod policy;
 mod recovery;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +38,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use uuid::Uuid;
 
+pub(crate) use self::client_ip::ClientIp;
 use crate::auth::{self, FailureThrottle, Principal};
 use crate::db::{self, Actor, Db, DbError};
 use crate::destinations::{Destination, DestinationConfig, DestinationError};
@@ -56,6 +58,8 @@ pub struct HttpSettings {
     pub max_requests_per_token: usize,
     /// A streamed upload that sends nothing for this long is cut off.
     pub body_idle_timeout: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (see [`client_ip`]).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for HttpSettings {
@@ -67,6 +71,7 @@ impl Default for HttpSettings {
             auth_failure_window: Duration::from_secs(60),
             max_requests_per_token: 16,
             body_idle_timeout: Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -359,14 +364,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn client_ip(parts: &Parts) -> IpAddr {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
-}
-
 fn bearer(parts: &Parts) -> Option<&str> {
     let v = parts
         .headers
@@ -396,7 +393,7 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ip = client_ip(parts);
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
         check_throttle(state, ip)?;
         let Some(token) = bearer(parts) else {
             state.inner.throttle.failed(ip);
