@@ -58,6 +58,7 @@ async fn slow_uploads_of_one_token_do_not_stall_another_organisation() {
         slow.push(slow_part(&addr, &a.token, a_job, part, start).await);
     }
     // The token's cap (16 in flight) answers the rest at once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut refused = 0;
     for s in slow.iter_mut() {
         if let Some(status) = answer(s, Duration::from_millis(300)).await {
